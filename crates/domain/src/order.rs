@@ -56,6 +56,10 @@ impl Email {
         }
         Ok(Self(raw.to_owned()))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// An ISO 3166-1 alpha-2 country code, upper case.

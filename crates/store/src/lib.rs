@@ -1,1 +1,195 @@
-//! placeholder
+//! The store: every command commits its state change, its outbox events and its idempotency
+//! record in one database transaction, on SQLite (the embedded default) or PostgreSQL.
+//!
+//! The business flow of a command is written once, in [`command`], against the [`Tx`] trait of
+//! per-transaction primitives; each engine implements those primitives in its own SQL. Reads
+//! that need no transaction go through [`Store`]. No SQL lives outside this crate.
+//!
+//! # Layout
+//!
+//! - [`command`]: the idempotent command flow (claim key, replay or decide, write, record response).
+//! - [`records`]: row types the store returns and accepts; separate from wire and domain types.
+//! - [`tx`]: the [`Tx`] trait, the primitives one command transaction is made of.
+//! - [`log`]: the partition function and the shape of log reads shared by both engines.
+//! - [`sqlite`] and [`postgres`]: the two engines, each with its migrations under `migrations/`.
+
+mod codec;
+pub mod command;
+pub mod log;
+pub mod postgres;
+pub mod records;
+pub mod sqlite;
+pub mod tx;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tally_domain::ids::{OrderId, ProductId, TenantId};
+
+pub use command::{CommandContext, CommandError, Commands, Executed, Outcome, Refusal};
+pub use records::*;
+pub use tx::Tx;
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Failures of the store itself; business refusals are [`Refusal`]s, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not parse back into its record: data was edited outside Tally or a
+    /// migration is missing. Never retried.
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDirectory {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether this is a unique-key violation, which a command reads as "already exists".
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+
+    /// Whether this is a CHECK constraint violation, such as available stock below zero.
+    pub fn is_check_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_check_violation())
+    }
+}
+
+/// Pool sizes and other connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Connections of the PostgreSQL pool, or readers of the SQLite pool (SQLite always has one
+    /// writer connection: it allows one writer at a time anyway, and queueing in the pool is
+    /// cheaper than spinning on SQLITE_BUSY).
+    pub connections_max: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connections_max: 16,
+        }
+    }
+}
+
+/// Opens the store named by `url` (`sqlite://PATH` or `postgres://…`) and applies migrations.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PgStore::connect(url, options).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Everything outside a command transaction: reads, tenant set-up, the log and maintenance.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn engine(&self) -> Engine;
+
+    /// Starts one command transaction. Dropping it without `commit` rolls it back.
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+
+    /// Checks that the database answers; used by `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError>;
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError>;
+    async fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// The idempotency record of a key, read outside any transaction so that a replay does not
+    /// take the writer.
+    async fn find_idempotency_record(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Deletes up to `limit` records that expired before `now`; returns how many.
+    async fn purge_idempotency_records(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    async fn product(
+        &self,
+        tenant: TenantId,
+        id: ProductId,
+    ) -> Result<Option<ProductRecord>, StoreError>;
+    /// Stock of a SKU at every location, or `None` when the tenant has no such SKU.
+    async fn stock_levels(
+        &self,
+        tenant: TenantId,
+        sku: &str,
+    ) -> Result<Option<Vec<StockRecord>>, StoreError>;
+    async fn order(&self, tenant: TenantId, id: OrderId)
+    -> Result<Option<OrderRecord>, StoreError>;
+    /// Every event about `subject`, oldest first, whether or not the relay has logged it yet.
+    async fn timeline(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+    ) -> Result<Vec<TimelineEntry>, StoreError>;
+    /// Orders matching `filter`, newest first, at most `limit`.
+    async fn orders(
+        &self,
+        tenant: TenantId,
+        filter: &OrderFilter,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Number of partitions of the embedded log, fixed when the database was created.
+    fn log_partitions(&self) -> u32;
+    /// Gives log positions to up to `limit` committed outbox rows, in an order that keeps every
+    /// partition key's events in commit order. Returns how many rows were positioned. On SQLite,
+    /// rows are positioned when inserted and this returns 0.
+    async fn sequence_outbox(&self, limit: u32) -> Result<u64, StoreError>;
+    /// Events after `after` in log order, of one partition or of all.
+    async fn read_log(
+        &self,
+        partition: Option<u32>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogEvent>, StoreError>;
+    /// The last position a consumer group has processed in a partition (0 when it has none).
+    async fn consumer_offset(&self, group: &str, partition: u32) -> Result<i64, StoreError>;
+    async fn commit_consumer_offset(
+        &self,
+        group: &str,
+        partition: u32,
+        position: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Outbox rows not yet in the log: the relay's lag.
+    async fn outbox_pending(&self) -> Result<i64, StoreError>;
+}
+
+/// Microseconds since the Unix epoch, SQLite's representation of a time.
+pub(crate) fn to_micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+pub(crate) fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {micros} is out of range")))
+}
+
+pub(crate) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}

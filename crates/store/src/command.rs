@@ -1,0 +1,300 @@
+//! The idempotent command flow, written once for both engines.
+//!
+//! A command runs in one store transaction that (1) claims the idempotency key, (2) returns the
+//! stored response if the key was used before, (3) otherwise decides the command with the pure
+//! domain functions, (4) writes the new state and its events, and (5) stores the rendered
+//! response under the key. Either all of it commits or none of it does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tally_domain::catalog::{NewProduct, Product, Sku};
+use tally_domain::clock::Clock;
+use tally_domain::event::EventDraft;
+use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
+use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use tally_domain::inventory::{Adjustment, StockLevel};
+use tally_domain::order::{NewOrder, Order, PlacementRefused};
+use tally_domain::text::Code;
+use tokio::sync::Notify;
+
+use crate::records::{NewEvent, NewIdempotencyRecord, StoredResponse};
+use crate::{Store, StoreError, Tx};
+
+/// What a client asked for, parsed and validated.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateProduct(NewProduct),
+    AdjustStock(Adjustment),
+    PlaceOrder(NewOrder),
+}
+
+/// What a command did, for the API to render into the response it stores.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    ProductCreated(Product),
+    StockAdjusted {
+        sku: Sku,
+        location: Code,
+        level: StockLevel,
+    },
+    OrderPlaced(Order),
+}
+
+/// A business rule refused the command; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    SkusTaken(Vec<Sku>),
+    UnknownSku(Sku),
+    InsufficientStock { available: i64 },
+    Placement(PlacementRefused),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Another request with the same key is being processed right now.
+    #[error("a request with this idempotency key is in progress")]
+    InFlight,
+    /// The key was used before for a different request.
+    #[error("the idempotency key was used for a different request")]
+    KeyReused,
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The result of an accepted command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executed {
+    /// The command ran now; this is its response.
+    Fresh(StoredResponse),
+    /// The key was used before for the same request; this is the response stored then.
+    Replayed(StoredResponse),
+}
+
+/// Renders an outcome into the response stored under the idempotency key. It runs inside the
+/// transaction, so the stored response and the state change commit together.
+pub type Render = dyn Fn(&Outcome) -> StoredResponse + Send + Sync;
+
+/// Who asks, under which key, and how the answer is rendered.
+pub struct CommandContext<'a> {
+    pub tenant: TenantId,
+    pub api_key: ApiKeyId,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    /// The request id, recorded as the events' correlation id.
+    pub request_id: &'a str,
+    /// W3C trace context of the request, carried by the events it causes.
+    pub traceparent: Option<&'a str>,
+    pub render: &'a Render,
+}
+
+impl std::fmt::Debug for CommandContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandContext")
+            .field("tenant", &self.tenant)
+            .field("key", &self.key)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs commands against a store. One per process, shared by all requests.
+#[derive(Debug)]
+pub struct Commands {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    /// Keys being processed by this process. A second request under a key in this set is
+    /// answered 409 at once instead of queueing behind the first for the database's lock.
+    in_flight: DashMap<(TenantId, String), ()>,
+    /// Woken after every commit that appended events, so the relay need not poll hard.
+    appended: Arc<Notify>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, retention: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            retention,
+            in_flight: DashMap::new(),
+            appended: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notified after each commit that appended events.
+    pub fn appended(&self) -> Arc<Notify> {
+        Arc::clone(&self.appended)
+    }
+
+    pub async fn execute(
+        &self,
+        ctx: &CommandContext<'_>,
+        command: Command,
+    ) -> Result<Executed, CommandError> {
+        let now = self.clock.now();
+        // A replay needs no write transaction: answer it from a plain read first.
+        if let Some(record) = self
+            .store
+            .find_idempotency_record(ctx.tenant, ctx.key.as_str())
+            .await?
+            && record.expires_at > now
+        {
+            return replay(ctx, record.fingerprint, record.response);
+        }
+        let _claim = InFlightClaim::take(&self.in_flight, ctx.tenant, ctx.key.as_str())?;
+        let mut tx = self.store.begin().await?;
+        if !tx.lock_idempotency_key(ctx.tenant, ctx.key.as_str()).await? {
+            return Err(CommandError::InFlight);
+        }
+        if let Some(record) = tx
+            .find_idempotency_record(ctx.tenant, ctx.key.as_str())
+            .await?
+        {
+            if record.expires_at > now {
+                return replay(ctx, record.fingerprint, record.response);
+            }
+            tx.delete_idempotency_record(ctx.tenant, ctx.key.as_str())
+                .await?;
+        }
+        let (outcome, drafts) = decide(tx.as_mut(), ctx.tenant, command, now).await?;
+        let events: Vec<NewEvent> = drafts
+            .into_iter()
+            .map(|draft| self.envelope(ctx, draft, now))
+            .collect();
+        tx.append_events(&events).await?;
+        let response = (ctx.render)(&outcome);
+        let retention = chrono::Duration::from_std(self.retention)
+            .unwrap_or_else(|_| chrono::Duration::days(365));
+        let record = NewIdempotencyRecord {
+            key: ctx.key.as_str(),
+            fingerprint: ctx.fingerprint.0,
+            response: &response,
+            created_at: now,
+            expires_at: now + retention,
+        };
+        tx.insert_idempotency_record(ctx.tenant, &record).await?;
+        tx.commit().await?;
+        if !events.is_empty() {
+            self.appended.notify_one();
+        }
+        Ok(Executed::Fresh(response))
+    }
+
+    fn envelope(&self, ctx: &CommandContext<'_>, draft: EventDraft, now: DateTime<Utc>) -> NewEvent {
+        let partition = crate::log::partition_of(&draft.partition_key, self.store.log_partitions());
+        NewEvent {
+            id: EventId::generate(),
+            tenant_id: ctx.tenant,
+            event_type: draft.event_type.as_str(),
+            source: format!("/tally/{}", draft.event_type.category()),
+            subject: draft.subject,
+            partition_key: draft.partition_key,
+            partition,
+            time: now,
+            data: draft.data,
+            correlation_id: Some(ctx.request_id.to_owned()),
+            causation_id: Some(format!("idempotency-key:{}", ctx.key.as_str())),
+            traceparent: ctx.traceparent.map(str::to_owned),
+        }
+    }
+}
+
+fn replay(
+    ctx: &CommandContext<'_>,
+    fingerprint: [u8; 32],
+    response: StoredResponse,
+) -> Result<Executed, CommandError> {
+    if fingerprint == ctx.fingerprint.0 {
+        Ok(Executed::Replayed(response))
+    } else {
+        Err(CommandError::KeyReused)
+    }
+}
+
+/// Applies a command's decision inside the transaction and returns what it did.
+async fn decide(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    command: Command,
+    now: DateTime<Utc>,
+) -> Result<(Outcome, Vec<EventDraft>), CommandError> {
+    match command {
+        Command::CreateProduct(new_product) => {
+            let skus: Vec<Sku> = new_product.variants.iter().map(|v| v.sku.clone()).collect();
+            let taken = tx.existing_skus(tenant, &skus).await?;
+            if !taken.is_empty() {
+                return Err(CommandError::Refused(Refusal::SkusTaken(taken)));
+            }
+            let (product, event) = new_product.create(ProductId::generate(), now);
+            match tx.insert_product(tenant, &product).await {
+                Err(e) if e.is_unique_violation() => {
+                    // Another transaction took one of the SKUs between the check and the insert.
+                    return Err(CommandError::Refused(Refusal::SkusTaken(skus)));
+                }
+                other => other?,
+            }
+            Ok((Outcome::ProductCreated(product), vec![event]))
+        }
+        Command::AdjustStock(adjustment) => {
+            let before = tx
+                .lock_stock_level(tenant, &adjustment.sku, &adjustment.location, now)
+                .await?
+                .ok_or_else(|| CommandError::Refused(Refusal::UnknownSku(adjustment.sku.clone())))?;
+            let (after, event) = adjustment.apply(before).map_err(|refused| {
+                CommandError::Refused(Refusal::InsufficientStock {
+                    available: refused.available,
+                })
+            })?;
+            tx.update_stock_level(tenant, &adjustment.sku, &adjustment.location, after, now)
+                .await?;
+            let outcome = Outcome::StockAdjusted {
+                sku: adjustment.sku,
+                location: adjustment.location,
+                level: after,
+            };
+            Ok((outcome, vec![event]))
+        }
+        Command::PlaceOrder(new_order) => {
+            let prices = tx.catalog_prices(tenant, &new_order.skus()).await?;
+            let (order, event) = new_order
+                .place(OrderId::generate(), now, &prices)
+                .map_err(|refused| CommandError::Refused(Refusal::Placement(refused)))?;
+            tx.insert_order(tenant, &order).await?;
+            Ok((Outcome::OrderPlaced(order), vec![event]))
+        }
+    }
+}
+
+/// This process's claim on an idempotency key, released when dropped.
+struct InFlightClaim<'a> {
+    map: &'a DashMap<(TenantId, String), ()>,
+    entry: (TenantId, String),
+}
+
+impl<'a> InFlightClaim<'a> {
+    fn take(
+        map: &'a DashMap<(TenantId, String), ()>,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Self, CommandError> {
+        let entry = (tenant, key.to_owned());
+        match map.entry(entry.clone()) {
+            dashmap::Entry::Occupied(_) => Err(CommandError::InFlight),
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(());
+                Ok(Self { map, entry })
+            }
+        }
+    }
+}
+
+impl Drop for InFlightClaim<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.entry);
+    }
+}

@@ -1,0 +1,299 @@
+//! One command transaction on PostgreSQL.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+use tally_domain::catalog::{Product, Sku};
+use tally_domain::ids::TenantId;
+use tally_domain::inventory::StockLevel;
+use tally_domain::order::Order;
+use tally_domain::text::Code;
+use uuid::Uuid;
+
+use super::{LOCK_CLASS_IDEMPOTENCY_KEY, LOCK_CLASS_PARTITION_KEY};
+use crate::log::key_lock_id;
+use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord, StoredResponse};
+use crate::tx::CatalogPrices;
+use crate::{StoreError, Tx, corrupt};
+
+pub(super) struct PgTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PgTx {
+    pub(super) fn new(tx: Transaction<'static, Postgres>) -> Self {
+        Self { tx }
+    }
+}
+
+pub(super) const SELECT_IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, status_code, location, response_body, expires_at FROM idempotency_records WHERE tenant_id = $1 AND key = $2";
+
+pub(super) fn idempotency_record(row: &PgRow) -> Result<IdempotencyRecord, StoreError> {
+    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+    let status: i16 = row.try_get("status_code")?;
+    Ok(IdempotencyRecord {
+        fingerprint: fingerprint
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("fingerprint is not 32 bytes".into()))?,
+        response: StoredResponse {
+            status: u16::try_from(status).map_err(|e| corrupt("status code", e))?,
+            location: row.try_get("location")?,
+            body: row.try_get("response_body")?,
+        },
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn sku_strings(skus: &[Sku]) -> Vec<String> {
+    skus.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+#[async_trait]
+impl Tx for PgTx {
+    async fn lock_idempotency_key(&mut self, tenant: TenantId, key: &str) -> Result<bool, StoreError> {
+        // A try-lock, not a wait: a second request under the same key, from any process, is
+        // told 409 at once rather than held behind the first.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(LOCK_CLASS_IDEMPOTENCY_KEY)
+            .bind(key_lock_id(&format!("{tenant}/{key}")))
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(locked)
+    }
+
+    async fn find_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD)
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(idempotency_record).transpose()
+    }
+
+    async fn delete_idempotency_record(&mut self, tenant: TenantId, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(record.key)
+        .bind(&record.fingerprint[..])
+        .bind(i16::try_from(record.response.status).unwrap_or(i16::MAX))
+        .bind(record.response.location.as_deref())
+        .bind(&record.response.body)
+        .bind(record.created_at)
+        .bind(record.expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<Vec<Sku>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT sku FROM variants WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku",
+        )
+        .bind(tenant.as_uuid())
+        .bind(sku_strings(skus))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|sku| Sku::parse(sku).map_err(|e| corrupt("sku", e)))
+            .collect()
+    }
+
+    async fn insert_product(&mut self, tenant: TenantId, product: &Product) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(tenant.as_uuid())
+            .bind(product.id.as_uuid())
+            .bind(product.name.as_str())
+            .bind(product.created_at)
+            .execute(&mut *self.tx)
+            .await?;
+        let skus: Vec<String> = product.variants.iter().map(|v| v.sku.as_str().to_owned()).collect();
+        let prices: Vec<String> = product
+            .variants
+            .iter()
+            .map(|v| crate::codec::prices_json(&v.prices).to_string())
+            .collect();
+        sqlx::query(
+            "INSERT INTO variants (tenant_id, sku, product_id, prices, position) \
+             SELECT $1, sku, $2, prices::jsonb, position::int - 1 \
+             FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS v(sku, prices, position)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(product.id.as_uuid())
+        .bind(skus)
+        .bind(prices)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn catalog_prices(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<CatalogPrices, StoreError> {
+        let rows = sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
+            .bind(tenant.as_uuid())
+            .bind(sku_strings(skus))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let sku: String = row.try_get("sku")?;
+                let Json(prices): Json<HashMap<String, i64>> = row.try_get("prices")?;
+                let parsed = crate::codec::parse_prices(&sku, prices)?;
+                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
+            })
+            .collect()
+    }
+
+    async fn lock_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, StoreError> {
+        sqlx::query(
+            "INSERT INTO stock_levels (tenant_id, sku, location, on_hand, reserved, updated_at) \
+             SELECT tenant_id, sku, $1, 0, 0, $2 FROM variants WHERE tenant_id = $3 AND sku = $4 \
+             ON CONFLICT (tenant_id, sku, location) DO NOTHING",
+        )
+        .bind(location.as_str())
+        .bind(now)
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT on_hand, reserved FROM stock_levels WHERE tenant_id = $1 AND sku = $2 AND location = $3 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| {
+            Ok(StockLevel {
+                on_hand: row.try_get("on_hand")?,
+                reserved: row.try_get("reserved")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn update_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        level: StockLevel,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE stock_levels SET on_hand = $1, reserved = $2, updated_at = $3 WHERE tenant_id = $4 AND sku = $5 AND location = $6",
+        )
+        .bind(level.on_hand)
+        .bind(level.reserved)
+        .bind(now)
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(order.id.as_uuid())
+        .bind(order.channel.as_str())
+        .bind(order.customer.id.as_str())
+        .bind(order.customer.email.as_ref().map(|e| e.as_str()))
+        .bind(order.currency.code())
+        .bind(order.total_minor)
+        .bind(order.status.as_str())
+        .bind(Json(&order.lines))
+        .bind(Json(&order.shipping_address))
+        .bind(order.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Locks in ascending id order, so two transactions appending under overlapping keys
+        // cannot deadlock on each other.
+        let lock_ids: Vec<i32> = events
+            .iter()
+            .map(|e| key_lock_id(&e.partition_key))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+            .bind(LOCK_CLASS_PARTITION_KEY)
+            .bind(lock_ids)
+            .execute(&mut *self.tx)
+            .await?;
+        let column = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+        let tenants: Vec<Uuid> = events.iter().map(|e| e.tenant_id.as_uuid()).collect();
+        let partitions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.partition).unwrap_or(i32::MAX))
+            .collect();
+        let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.time).collect();
+        sqlx::query(
+            "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
+             SELECT id, tenant_id, type, source, subject, partition_key, partition, time, data::jsonb, correlation_id, causation_id, traceparent \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+             AS e(id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent)",
+        )
+        .bind(ids)
+        .bind(tenants)
+        .bind(column(|e| Some(e.event_type.to_owned())))
+        .bind(column(|e| Some(e.source.clone())))
+        .bind(column(|e| Some(e.subject.clone())))
+        .bind(column(|e| Some(e.partition_key.clone())))
+        .bind(partitions)
+        .bind(times)
+        .bind(column(|e| Some(e.data.to_string())))
+        .bind(column(|e| e.correlation_id.clone()))
+        .bind(column(|e| e.causation_id.clone()))
+        .bind(column(|e| e.traceparent.clone()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Row types: what the store accepts and returns. They are plain data, separate from the domain
+//! types (which carry invariants) and from the wire types (which carry the API's shape).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub key_hash: [u8; 32],
+    /// Comma-separated scope names, as the API layer defines them.
+    pub scopes: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub scopes: String,
+    pub revoked: bool,
+}
+
+/// An HTTP response kept under an idempotency key, returned again byte for byte on replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub fingerprint: [u8; 32],
+    pub response: StoredResponse,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewIdempotencyRecord<'a> {
+    pub key: &'a str,
+    pub fingerprint: [u8; 32],
+    pub response: &'a StoredResponse,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductRecord {
+    pub id: ProductId,
+    pub name: String,
+    pub variants: Vec<VariantRecord>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantRecord {
+    pub sku: String,
+    /// Unit price in minor units per ISO 4217 code.
+    pub prices: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockRecord {
+    pub location: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRecord {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+    pub line_total_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressRecord {
+    pub name: String,
+    pub line1: String,
+    pub line2: Option<String>,
+    pub city: String,
+    pub region: Option<String>,
+    pub postal_code: String,
+    pub country: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub id: OrderId,
+    pub channel: String,
+    pub customer_id: String,
+    pub customer_email: Option<String>,
+    pub currency: String,
+    pub total_minor: i64,
+    pub status: String,
+    pub lines: Vec<LineRecord>,
+    pub shipping_address: AddressRecord,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Filters of the order listing; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub customer_id: Option<String>,
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Cursor: only orders older than this one (ids are time-ordered UUIDv7).
+    pub before_id: Option<OrderId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub event_id: EventId,
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+}
+
+/// An event as written to the outbox: a CloudEvents 1.0 envelope plus its log partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub event_type: &'static str,
+    pub source: String,
+    pub subject: String,
+    pub partition_key: String,
+    pub partition: u32,
+    pub time: DateTime<Utc>,
+    pub data: serde_json::Value,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// An event read from the log, with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEvent {
+    pub position: i64,
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub event_type: String,
+    pub source: String,
+    pub subject: String,
+    pub partition_key: String,
+    pub partition: u32,
+    pub time: DateTime<Utc>,
+    pub data: serde_json::Value,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+}

@@ -1,0 +1,350 @@
+//! Reads, tenant set-up, the log and maintenance on SQLite.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use uuid::Uuid;
+
+use super::SqliteStore;
+use crate::records::*;
+use crate::{Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn engine(&self) -> Engine {
+        Engine::Sqlite
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let tx = self.writer.begin().await?;
+        Ok(Box::new(super::tx::SqliteTx::new(tx)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(tenant.id.as_uuid())
+            .bind(&tenant.name)
+            .bind(to_micros(tenant.created_at))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(key.id.as_uuid())
+        .bind(key.tenant_id.as_uuid())
+        .bind(&key.key_hash[..])
+        .bind(&key.scopes)
+        .bind(to_micros(key.created_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, scopes, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = ?",
+        )
+        .bind(&key_hash[..])
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(ApiKeyRecord {
+                id: ApiKeyId::from_uuid(row.try_get("id")?),
+                tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
+                scopes: row.try_get("scopes")?,
+                revoked: row.try_get("revoked")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn find_idempotency_record(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(super::tx::idempotency_record).transpose()
+    }
+
+    async fn purge_idempotency_records(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM idempotency_records WHERE (tenant_id, key) IN \
+             (SELECT tenant_id, key FROM idempotency_records WHERE expires_at <= ? LIMIT ?)",
+        )
+        .bind(to_micros(now))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn product(
+        &self,
+        tenant: TenantId,
+        id: ProductId,
+    ) -> Result<Option<ProductRecord>, StoreError> {
+        let Some(row) = sqlx::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let variants = sqlx::query(
+            "SELECT sku, prices FROM variants WHERE tenant_id = ? AND product_id = ? ORDER BY position",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|row| {
+            let prices: String = row.try_get("prices")?;
+            Ok(VariantRecord {
+                sku: row.try_get("sku")?,
+                prices: serde_json::from_str::<BTreeMap<String, i64>>(&prices)
+                    .map_err(|e| corrupt("variant prices", e))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(ProductRecord {
+            id,
+            name: row.try_get("name")?,
+            variants,
+            created_at: from_micros(row.try_get("created_at")?)?,
+        }))
+    }
+
+    async fn stock_levels(
+        &self,
+        tenant: TenantId,
+        sku: &str,
+    ) -> Result<Option<Vec<StockRecord>>, StoreError> {
+        let known = sqlx::query("SELECT 1 FROM variants WHERE tenant_id = ? AND sku = ?")
+            .bind(tenant.as_uuid())
+            .bind(sku)
+            .fetch_optional(&self.reader)
+            .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT location, on_hand, reserved, updated_at FROM stock_levels WHERE tenant_id = ? AND sku = ? ORDER BY location",
+        )
+        .bind(tenant.as_uuid())
+        .bind(sku)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StockRecord {
+                    location: row.try_get("location")?,
+                    on_hand: row.try_get("on_hand")?,
+                    reserved: row.try_get("reserved")?,
+                    updated_at: from_micros(row.try_get("updated_at")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(Some)
+    }
+
+    async fn order(&self, tenant: TenantId, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(order_record).transpose()
+    }
+
+    async fn timeline(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, type, time FROM events WHERE tenant_id = ? AND subject = ? ORDER BY position",
+        )
+        .bind(tenant.as_uuid())
+        .bind(subject)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TimelineEntry {
+                    event_id: EventId::from_uuid(row.try_get("id")?),
+                    event_type: row.try_get("type")?,
+                    time: from_micros(row.try_get("time")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn orders(
+        &self,
+        tenant: TenantId,
+        filter: &OrderFilter,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        // Each filter is `? IS NULL OR column = ?` so one prepared statement serves every
+        // combination; the primary key (tenant_id, id) drives the newest-first scan.
+        let sql = format!(
+            "{SELECT_ORDER} WHERE tenant_id = ?1 \
+             AND (?2 IS NULL OR customer_id = ?2) \
+             AND (?3 IS NULL OR status = ?3) \
+             AND (?4 IS NULL OR channel = ?4) \
+             AND (?5 IS NULL OR created_at >= ?5) \
+             AND (?6 IS NULL OR created_at < ?6) \
+             AND (?7 IS NULL OR id < ?7) \
+             ORDER BY id DESC LIMIT ?8"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant.as_uuid())
+            .bind(filter.customer_id.as_deref())
+            .bind(filter.status.as_deref())
+            .bind(filter.channel.as_deref())
+            .bind(filter.created_from.map(to_micros))
+            .bind(filter.created_before.map(to_micros))
+            .bind(filter.before_id.map(|id| id.as_uuid()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(order_record).collect()
+    }
+
+    fn log_partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn sequence_outbox(&self, _limit: u32) -> Result<u64, StoreError> {
+        // Positions are given on insert: see the module documentation.
+        Ok(0)
+    }
+
+    async fn read_log(
+        &self,
+        partition: Option<u32>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        let rows = match partition {
+            Some(partition) => sqlx::query(&format!(
+                "{SELECT_LOG_EVENT} WHERE partition = ? AND position > ? ORDER BY position LIMIT ?"
+            ))
+            .bind(i64::from(partition))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?,
+            None => sqlx::query(&format!(
+                "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
+            ))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?,
+        };
+        rows.iter().map(log_event).collect()
+    }
+
+    async fn consumer_offset(&self, group: &str, partition: u32) -> Result<i64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM consumer_offsets WHERE group_name = ? AND partition = ?",
+        )
+        .bind(group)
+        .bind(i64::from(partition))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    async fn commit_consumer_offset(
+        &self,
+        group: &str,
+        partition: u32,
+        position: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(group)
+        .bind(i64::from(partition))
+        .bind(position)
+        .bind(to_micros(now))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_pending(&self) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+}
+
+const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at FROM orders";
+
+fn order_record(row: &SqliteRow) -> Result<OrderRecord, StoreError> {
+    let lines: String = row.try_get("lines")?;
+    let address: String = row.try_get("shipping_address")?;
+    Ok(OrderRecord {
+        id: OrderId::from_uuid(row.try_get::<Uuid, _>("id")?),
+        channel: row.try_get("channel")?,
+        customer_id: row.try_get("customer_id")?,
+        customer_email: row.try_get("customer_email")?,
+        currency: row.try_get("currency")?,
+        total_minor: row.try_get("total_minor")?,
+        status: row.try_get("status")?,
+        lines: serde_json::from_str(&lines).map_err(|e| corrupt("order lines", e))?,
+        shipping_address: serde_json::from_str(&address)
+            .map_err(|e| corrupt("shipping address", e))?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
+    })
+}
+
+const SELECT_LOG_EVENT: &str = "SELECT position, id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent FROM events";
+
+fn log_event(row: &SqliteRow) -> Result<LogEvent, StoreError> {
+    let data: String = row.try_get("data")?;
+    let partition: i64 = row.try_get("partition")?;
+    Ok(LogEvent {
+        position: row.try_get("position")?,
+        id: EventId::from_uuid(row.try_get("id")?),
+        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
+        event_type: row.try_get("type")?,
+        source: row.try_get("source")?,
+        subject: row.try_get("subject")?,
+        partition_key: row.try_get("partition_key")?,
+        partition: u32::try_from(partition).map_err(|e| corrupt("event partition", e))?,
+        time: from_micros(row.try_get("time")?)?,
+        data: serde_json::from_str(&data).map_err(|e| corrupt("event data", e))?,
+        correlation_id: row.try_get("correlation_id")?,
+        causation_id: row.try_get("causation_id")?,
+        traceparent: row.try_get("traceparent")?,
+    })
+}

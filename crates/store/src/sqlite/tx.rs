@@ -1,0 +1,268 @@
+//! One command transaction on SQLite's single writer connection.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+use tally_domain::catalog::{Product, Sku};
+use tally_domain::ids::TenantId;
+use tally_domain::inventory::StockLevel;
+use tally_domain::order::Order;
+use tally_domain::text::Code;
+
+use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord, StoredResponse};
+use crate::tx::CatalogPrices;
+use crate::{StoreError, Tx, corrupt, from_micros, to_micros};
+
+pub(super) struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl SqliteTx {
+    pub(super) fn new(tx: Transaction<'static, Sqlite>) -> Self {
+        Self { tx }
+    }
+}
+
+pub(super) const SELECT_IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, status_code, location, response_body, expires_at FROM idempotency_records WHERE tenant_id = ? AND key = ?";
+
+pub(super) fn idempotency_record(row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
+    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+    let status: i64 = row.try_get("status_code")?;
+    Ok(IdempotencyRecord {
+        fingerprint: fingerprint
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("fingerprint is not 32 bytes".into()))?,
+        response: StoredResponse {
+            status: u16::try_from(status).map_err(|e| corrupt("status code", e))?,
+            location: row.try_get("location")?,
+            body: row.try_get("response_body")?,
+        },
+        expires_at: from_micros(row.try_get("expires_at")?)?,
+    })
+}
+
+/// `IN (…)` over a list bound as one JSON array, so the statement text does not vary with the
+/// list's length and stays in the prepared-statement cache.
+fn json_list(skus: &[Sku]) -> String {
+    serde_json::Value::from(skus.iter().map(Sku::as_str).collect::<Vec<_>>()).to_string()
+}
+
+#[async_trait]
+impl Tx for SqliteTx {
+    async fn lock_idempotency_key(&mut self, _: TenantId, _: &str) -> Result<bool, StoreError> {
+        // The transaction runs on the only writer connection: no other command can be under way.
+        Ok(true)
+    }
+
+    async fn find_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD)
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(idempotency_record).transpose()
+    }
+
+    async fn delete_idempotency_record(&mut self, tenant: TenantId, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(record.key)
+        .bind(&record.fingerprint[..])
+        .bind(i64::from(record.response.status))
+        .bind(record.response.location.as_deref())
+        .bind(&record.response.body)
+        .bind(to_micros(record.created_at))
+        .bind(to_micros(record.expires_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<Vec<Sku>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT sku FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku",
+        )
+        .bind(tenant.as_uuid())
+        .bind(json_list(skus))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|sku| Sku::parse(sku).map_err(|e| corrupt("sku", e)))
+            .collect()
+    }
+
+    async fn insert_product(&mut self, tenant: TenantId, product: &Product) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES (?, ?, ?, ?)")
+            .bind(tenant.as_uuid())
+            .bind(product.id.as_uuid())
+            .bind(product.name.as_str())
+            .bind(to_micros(product.created_at))
+            .execute(&mut *self.tx)
+            .await?;
+        for (position, variant) in product.variants.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO variants (tenant_id, sku, product_id, prices, position) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(tenant.as_uuid())
+            .bind(variant.sku.as_str())
+            .bind(product.id.as_uuid())
+            .bind(crate::codec::prices_json(&variant.prices).to_string())
+            .bind(i64::try_from(position).unwrap_or(i64::MAX))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn catalog_prices(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<CatalogPrices, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, prices FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?))",
+        )
+        .bind(tenant.as_uuid())
+        .bind(json_list(skus))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let sku: String = row.try_get("sku")?;
+                let prices: String = row.try_get("prices")?;
+                let prices = serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
+                let parsed = crate::codec::parse_prices(&sku, prices)?;
+                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
+            })
+            .collect()
+    }
+
+    async fn lock_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, StoreError> {
+        // The single writer holds the lock already; only make sure the row exists.
+        sqlx::query(
+            "INSERT INTO stock_levels (tenant_id, sku, location, on_hand, reserved, updated_at) \
+             SELECT tenant_id, sku, ?, 0, 0, ? FROM variants WHERE tenant_id = ? AND sku = ? \
+             ON CONFLICT (tenant_id, sku, location) DO NOTHING",
+        )
+        .bind(location.as_str())
+        .bind(to_micros(now))
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT on_hand, reserved FROM stock_levels WHERE tenant_id = ? AND sku = ? AND location = ?",
+        )
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| {
+            Ok(StockLevel {
+                on_hand: row.try_get("on_hand")?,
+                reserved: row.try_get("reserved")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn update_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        level: StockLevel,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE stock_levels SET on_hand = ?, reserved = ?, updated_at = ? WHERE tenant_id = ? AND sku = ? AND location = ?",
+        )
+        .bind(level.on_hand)
+        .bind(level.reserved)
+        .bind(to_micros(now))
+        .bind(tenant.as_uuid())
+        .bind(sku.as_str())
+        .bind(location.as_str())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
+        let lines = serde_json::to_string(&order.lines).map_err(|e| corrupt("order lines", e))?;
+        let address =
+            serde_json::to_string(&order.shipping_address).map_err(|e| corrupt("address", e))?;
+        sqlx::query(
+            "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(order.id.as_uuid())
+        .bind(order.channel.as_str())
+        .bind(order.customer.id.as_str())
+        .bind(order.customer.email.as_ref().map(|e| e.as_str()))
+        .bind(order.currency.code())
+        .bind(order.total_minor)
+        .bind(order.status.as_str())
+        .bind(lines)
+        .bind(address)
+        .bind(to_micros(order.created_at))
+        .bind(to_micros(order.created_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
+        for event in events {
+            sqlx::query(
+                "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(event.id.as_uuid())
+            .bind(event.tenant_id.as_uuid())
+            .bind(event.event_type)
+            .bind(&event.source)
+            .bind(&event.subject)
+            .bind(&event.partition_key)
+            .bind(i64::from(event.partition))
+            .bind(to_micros(event.time))
+            .bind(event.data.to_string())
+            .bind(event.correlation_id.as_deref())
+            .bind(event.causation_id.as_deref())
+            .bind(event.traceparent.as_deref())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! The primitives one command transaction is made of. Each engine implements them in its own
+//! SQL; [`crate::command`] composes them into the command flow once for both.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tally_domain::catalog::{Product, Sku};
+use tally_domain::ids::TenantId;
+use tally_domain::inventory::StockLevel;
+use tally_domain::money::{Currency, Money};
+use tally_domain::order::Order;
+use tally_domain::text::Code;
+
+use crate::StoreError;
+use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord};
+
+/// Prices per SKU, as order placement needs them.
+pub type CatalogPrices = HashMap<Sku, HashMap<Currency, Money>>;
+
+/// One open command transaction. Dropping it without [`Tx::commit`] rolls it back.
+#[async_trait]
+pub trait Tx: Send {
+    /// Makes this transaction the only one working under `key` until it ends. Returns `false`
+    /// when another transaction, possibly in another process, holds the key right now.
+    async fn lock_idempotency_key(&mut self, tenant: TenantId, key: &str)
+    -> Result<bool, StoreError>;
+    async fn find_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    async fn delete_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<(), StoreError>;
+    async fn insert_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError>;
+
+    /// Of `skus`, those the tenant's catalog already has.
+    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku])
+    -> Result<Vec<Sku>, StoreError>;
+    async fn insert_product(&mut self, tenant: TenantId, product: &Product)
+    -> Result<(), StoreError>;
+    async fn catalog_prices(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<CatalogPrices, StoreError>;
+
+    /// Locks the stock row of a SKU at a location for the rest of the transaction and returns
+    /// it, creating it empty first if the SKU exists but has no stock there. `None` means the
+    /// tenant's catalog has no such SKU.
+    async fn lock_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, StoreError>;
+    async fn update_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        level: StockLevel,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError>;
+
+    /// Writes events to the outbox. Must be the last locking step of a transaction: it may wait
+    /// for other transactions appending under the same partition keys, so that each key's
+    /// events enter the log in commit order.
+    async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError>;
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
