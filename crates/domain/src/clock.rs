@@ -1,6 +1,6 @@
 //! The clock is injected so that decisions and tests never read the wall clock themselves.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 /// Source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -12,7 +12,9 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Truncated to microseconds, the precision both stores keep, so that a time returned in a
+    /// response equals the time read back later.
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        Utc::now().trunc_subsecs(6)
     }
 }

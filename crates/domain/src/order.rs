@@ -76,6 +76,10 @@ impl CountryCode {
         }
         Ok(Self(raw.to_owned()))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

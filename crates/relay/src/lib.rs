@@ -1,1 +1,63 @@
-//! placeholder
+//! The relay moves committed outbox rows into the log.
+//!
+//! With the embedded log on PostgreSQL, "moving" means giving each committed row its log
+//! position (see `tally_store::postgres`); on SQLite rows are positioned when inserted and the
+//! relay has nothing to do. Any number of relays may run: the store serializes them.
+//!
+//! # Layout
+//!
+//! - [`run`]: the relay loop, woken by commits in this process and polling for the others'.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_store::Store;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Rows positioned per relay transaction. Large enough to amortize the transaction under load,
+/// small enough that one transaction holds the log head for only milliseconds.
+pub const RELAY_BATCH_COUNT_MAX: u32 = 1_000;
+/// How often an idle relay looks for rows committed by other processes.
+pub const RELAY_IDLE_POLL: Duration = Duration::from_millis(20);
+/// How long the relay waits before retrying after a store error.
+pub const RELAY_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs until `shutdown` is cancelled. `appended` is notified by this process's commands after
+/// they commit events; `logged` is notified whenever new events entered the log.
+pub async fn run(
+    store: Arc<dyn Store>,
+    appended: Arc<Notify>,
+    logged: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = match store.sequence_outbox(RELAY_BATCH_COUNT_MAX).await {
+            Ok(positioned) if u64::from(RELAY_BATCH_COUNT_MAX) <= positioned => {
+                logged.notify_waiters();
+                Duration::ZERO
+            }
+            Ok(positioned) => {
+                if positioned > 0 {
+                    logged.notify_waiters();
+                }
+                RELAY_IDLE_POLL
+            }
+            Err(error) => {
+                tracing::warn!(%error, "relay could not position outbox rows; retrying");
+                RELAY_ERROR_BACKOFF
+            }
+        };
+        if wait.is_zero() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = appended.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

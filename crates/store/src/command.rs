@@ -75,9 +75,9 @@ pub enum Executed {
     Replayed(StoredResponse),
 }
 
-/// Renders an outcome into the response stored under the idempotency key. It runs inside the
+/// Renders an outcome (and the events it caused) into the response stored under the idempotency key. It runs inside the
 /// transaction, so the stored response and the state change commit together.
-pub type Render = dyn Fn(&Outcome) -> StoredResponse + Send + Sync;
+pub type Render = dyn Fn(&Outcome, &[NewEvent]) -> StoredResponse + Send + Sync;
 
 /// Who asks, under which key, and how the answer is rendered.
 pub struct CommandContext<'a> {
@@ -167,7 +167,7 @@ impl Commands {
             .map(|draft| self.envelope(ctx, draft, now))
             .collect();
         tx.append_events(&events).await?;
-        let response = (ctx.render)(&outcome);
+        let response = (ctx.render)(&outcome, &events);
         let retention = chrono::Duration::from_std(self.retention)
             .unwrap_or_else(|_| chrono::Duration::days(365));
         let record = NewIdempotencyRecord {

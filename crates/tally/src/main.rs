@@ -1,1 +1,173 @@
-fn main() {}
+//! `tally`: the server and its operator commands.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tally_api::ApiConfig;
+use tally_domain::clock::SystemClock;
+use tally_domain::ids::TenantId;
+use tally_store::ConnectOptions;
+use tokio_util::sync::CancellationToken;
+
+/// The default store: a SQLite file in `./tally-data/`, created on first start.
+const DATABASE_URL_DEFAULT: &str = "sqlite://./tally-data/tally.db";
+
+/// Tally: an event-driven commerce backend. Orders, stock and payments, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// Where the store lives: sqlite://PATH (the embedded default) or postgres://USER@HOST/DB.
+    #[arg(long, env = "TALLY_DATABASE_URL", default_value = DATABASE_URL_DEFAULT, global = true)]
+    database_url: String,
+    /// Database connections in the pool (for SQLite: reader connections; there is always one writer).
+    #[arg(long, env = "TALLY_DB_CONNECTIONS", default_value_t = 16, global = true)]
+    db_connections: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the server: HTTP API, relay and maintenance, in one process.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit (serve also applies them at start).
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How long idempotency keys and their stored responses are kept, such as 24h or 7d.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    idempotency_retention: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first API key, alone on standard output. The key is shown
+    /// only this once: only its hash is stored.
+    Create {
+        /// The tenant's display name.
+        name: String,
+        /// Comma-separated scopes of the key: admin (catalog, stock), orders (channel use).
+        #[arg(long, default_value = "admin,orders")]
+        scopes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create another API key for a tenant and print it, alone on standard output.
+    Create {
+        /// The tenant's id, as printed by `tally tenant create`.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes: admin (catalog, stock), orders (channel use).
+        #[arg(long, default_value = "orders")]
+        scopes: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let options = ConnectOptions {
+        connections_max: cli.database.db_connections,
+    };
+    let url = &cli.database.database_url;
+    let store = tally_store::connect(url, &options)
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))?;
+    let clock = SystemClock;
+    match cli.command {
+        Commands::Serve(args) => serve(store, args).await,
+        Commands::Migrate => {
+            eprintln!("migrations applied to {url}");
+            Ok(())
+        }
+        Commands::Tenant(TenantCommand::Create { name, scopes }) => {
+            let scopes = tally::admin::parse_scopes(&scopes)?;
+            let issued = tally::admin::create_tenant(store.as_ref(), &clock, &name, &scopes).await?;
+            println!("{}", issued.secret);
+            eprintln!(
+                "created tenant {} ({name}) and API key {}; the key above is shown only once",
+                issued.tenant, issued.key_id
+            );
+            Ok(())
+        }
+        Commands::Key(KeyCommand::Create { tenant, scopes }) => {
+            let tenant: TenantId = tenant
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--tenant must be a tenant id (a UUID)"))?;
+            let scopes = tally::admin::parse_scopes(&scopes)?;
+            let issued = tally::admin::create_key(store.as_ref(), &clock, tenant, &scopes).await?;
+            println!("{}", issued.secret);
+            eprintln!("created API key {} for tenant {tenant}; the key above is shown only once", issued.key_id);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(store: Arc<dyn tally_store::Store>, args: ServeArgs) -> anyhow::Result<()> {
+    let config = ApiConfig {
+        idempotency_retention: args.idempotency_retention,
+        ..ApiConfig::default()
+    };
+    let running = tally::server::start(store, Arc::new(SystemClock), config, args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(address = %running.address, "tally is serving");
+    let shutdown = running.shutdown_token();
+    tokio::spawn(cancel_on_signal(shutdown));
+    running.wait().await;
+    tracing::info!("tally stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C, so in-flight requests finish before exit.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

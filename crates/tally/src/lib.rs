@@ -1,0 +1,11 @@
+//! The `tally` binary's library half: how a server process is assembled from the store, the
+//! API, the relay and the maintenance loops. `main.rs` parses the command line; tests start the
+//! same assembly through [`server::start`].
+//!
+//! # Layout
+//!
+//! - [`server`]: start and stop a server process's tasks.
+//! - [`admin`]: tenants and API keys, for the operator commands.
+
+pub mod admin;
+pub mod server;
