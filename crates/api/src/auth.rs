@@ -48,7 +48,11 @@ impl Scope {
 
 /// The scopes of a key as stored: comma-separated names.
 pub fn scopes_to_string(scopes: &[Scope]) -> String {
-    scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A fresh API key and the hash to store for it.
@@ -75,7 +79,11 @@ pub struct Principal {
     scopes: Vec<Scope>,
 }
 
-async fn authenticate(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    scope: Scope,
+) -> Result<Principal, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -83,7 +91,10 @@ async fn authenticate(parts: &Parts, state: &AppState, scope: Scope) -> Result<P
     let key = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or(ApiError::MissingCredentials)?;
     if !key.starts_with(KEY_PREFIX) {

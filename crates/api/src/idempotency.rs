@@ -157,7 +157,10 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     let mut response = (status, Body::from(stored.body)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(location) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         headers.insert(header::LOCATION, location);
     }
@@ -168,7 +171,11 @@ fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
 }
 
 /// A response to store: `status` with `body` serialized as JSON.
-pub(crate) fn render_json(status: StatusCode, location: Option<String>, body: &impl Serialize) -> StoredResponse {
+pub(crate) fn render_json(
+    status: StatusCode,
+    location: Option<String>,
+    body: &impl Serialize,
+) -> StoredResponse {
     StoredResponse {
         status: status.as_u16(),
         location,
@@ -181,7 +188,10 @@ pub(crate) fn render_json(status: StatusCode, location: Option<String>, body: &i
 pub async fn purge_loop(store: Arc<dyn Store>, clock: Arc<dyn Clock>, shutdown: CancellationToken) {
     loop {
         loop {
-            match store.purge_idempotency_records(clock.now(), PURGE_BATCH_COUNT_MAX).await {
+            match store
+                .purge_idempotency_records(clock.now(), PURGE_BATCH_COUNT_MAX)
+                .await
+            {
                 Ok(purged) if purged == u64::from(PURGE_BATCH_COUNT_MAX) => continue,
                 Ok(_) => break,
                 Err(error) => {

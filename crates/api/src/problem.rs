@@ -5,8 +5,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tally_store::{CommandError, Refusal, StoreError};
 use tally_domain::order::PlacementRefused;
+use tally_store::{CommandError, Refusal, StoreError};
 use utoipa::ToSchema;
 
 /// How long a client should wait before retrying a request whose key is in flight, in seconds.
@@ -106,18 +106,51 @@ impl ApiError {
 }
 
 fn skus_list(skus: &[tally_domain::catalog::Sku]) -> String {
-    skus.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+    skus.iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn refusal_parts(refusal: &Refusal) -> (StatusCode, &'static str, &'static str, String) {
     use StatusCode as S;
     match refusal {
-        Refusal::SkusTaken(skus) => (S::CONFLICT, "sku-taken", "SKU already exists", format!("the catalog already has SKU(s) {}", skus_list(skus))),
-        Refusal::UnknownSku(sku) => (S::UNPROCESSABLE_ENTITY, "unknown-sku", "Unknown SKU", format!("the catalog has no SKU '{sku}'")),
-        Refusal::InsufficientStock { available } => (S::CONFLICT, "insufficient-stock", "Insufficient stock", format!("the adjustment would take available stock below zero; {available} available")),
-        Refusal::Placement(PlacementRefused::UnknownSkus(skus)) => (S::UNPROCESSABLE_ENTITY, "unknown-sku", "Unknown SKU", format!("the catalog has no SKU(s) {}", skus_list(skus))),
-        Refusal::Placement(PlacementRefused::NoPrice { currency, skus }) => (S::UNPROCESSABLE_ENTITY, "no-price", "No price in currency", format!("SKU(s) {} have no price in {currency}", skus_list(skus))),
-        Refusal::Placement(PlacementRefused::TotalTooLarge) => (S::UNPROCESSABLE_ENTITY, "total-too-large", "Order total too large", "the order total exceeds the largest allowed amount".into()),
+        Refusal::SkusTaken(skus) => (
+            S::CONFLICT,
+            "sku-taken",
+            "SKU already exists",
+            format!("the catalog already has SKU(s) {}", skus_list(skus)),
+        ),
+        Refusal::UnknownSku(sku) => (
+            S::UNPROCESSABLE_ENTITY,
+            "unknown-sku",
+            "Unknown SKU",
+            format!("the catalog has no SKU '{sku}'"),
+        ),
+        Refusal::InsufficientStock { available } => (
+            S::CONFLICT,
+            "insufficient-stock",
+            "Insufficient stock",
+            format!("the adjustment would take available stock below zero; {available} available"),
+        ),
+        Refusal::Placement(PlacementRefused::UnknownSkus(skus)) => (
+            S::UNPROCESSABLE_ENTITY,
+            "unknown-sku",
+            "Unknown SKU",
+            format!("the catalog has no SKU(s) {}", skus_list(skus)),
+        ),
+        Refusal::Placement(PlacementRefused::NoPrice { currency, skus }) => (
+            S::UNPROCESSABLE_ENTITY,
+            "no-price",
+            "No price in currency",
+            format!("SKU(s) {} have no price in {currency}", skus_list(skus)),
+        ),
+        Refusal::Placement(PlacementRefused::TotalTooLarge) => (
+            S::UNPROCESSABLE_ENTITY,
+            "total-too-large",
+            "Order total too large",
+            "the order total exceeds the largest allowed amount".into(),
+        ),
     }
 }
 
@@ -177,10 +210,16 @@ impl IntoResponse for ApiError {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             StatusCode::CONFLICT if slug == "idempotency-key-in-flight" => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(IN_FLIGHT_RETRY_AFTER_SECONDS));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(IN_FLIGHT_RETRY_AFTER_SECONDS),
+                );
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS),
+                );
             }
             _ => {}
         }

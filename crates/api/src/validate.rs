@@ -13,7 +13,11 @@ pub struct Fields {
 
 impl Fields {
     /// Keeps a parsed value, or records why the field at `pointer` is invalid.
-    pub fn check<T>(&mut self, pointer: impl Into<String>, parsed: Result<T, ParseError>) -> Option<T> {
+    pub fn check<T>(
+        &mut self,
+        pointer: impl Into<String>,
+        parsed: Result<T, ParseError>,
+    ) -> Option<T> {
         match parsed {
             Ok(value) => Some(value),
             Err(error) => {
@@ -41,7 +45,12 @@ impl Fields {
 
     /// An integer field sent as a JSON number: fractions and out-of-range values are refused
     /// with the field's own wording rather than a deserializer's.
-    pub fn integer(&mut self, pointer: impl Into<String>, raw: &serde_json::Number, what: &str) -> Option<i64> {
+    pub fn integer(
+        &mut self,
+        pointer: impl Into<String>,
+        raw: &serde_json::Number,
+        what: &str,
+    ) -> Option<i64> {
         let parsed = raw
             .as_i64()
             .ok_or_else(|| ParseError::new(format!("must be a whole number ({what})")));

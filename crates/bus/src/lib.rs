@@ -35,7 +35,10 @@ impl Subscription {
     ) -> Result<Self, StoreError> {
         let mut cursors = Vec::new();
         for partition in partitions {
-            assert!(partition < store.log_partitions(), "partition {partition} out of range");
+            assert!(
+                partition < store.log_partitions(),
+                "partition {partition} out of range"
+            );
             cursors.push((partition, store.consumer_offset(group, partition).await?));
         }
         Ok(Self {

@@ -103,7 +103,11 @@ impl NewProduct {
     }
 
     /// Creating a product is always allowed once its SKUs are free; the store checks that.
-    pub fn create(self, id: ProductId, now: chrono::DateTime<chrono::Utc>) -> (Product, EventDraft) {
+    pub fn create(
+        self,
+        id: ProductId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Product, EventDraft) {
         let product = Product {
             id,
             name: self.name,

@@ -173,16 +173,20 @@ impl NewOrder {
         }
         let mut unpriced = Vec::new();
         let mut lines = Vec::with_capacity(self.lines.len());
-        let mut total = Money::parse(0, self.currency).map_err(|_| PlacementRefused::TotalTooLarge)?;
+        let mut total =
+            Money::parse(0, self.currency).map_err(|_| PlacementRefused::TotalTooLarge)?;
         for line in self.lines {
-            let Some(unit_price) = catalog.get(&line.sku).and_then(|p| p.get(&self.currency)) else {
+            let Some(unit_price) = catalog.get(&line.sku).and_then(|p| p.get(&self.currency))
+            else {
                 unpriced.push(line.sku);
                 continue;
             };
             let line_total = unit_price
                 .times(line.quantity.get())
                 .ok_or(PlacementRefused::TotalTooLarge)?;
-            total = total.plus(line_total).ok_or(PlacementRefused::TotalTooLarge)?;
+            total = total
+                .plus(line_total)
+                .ok_or(PlacementRefused::TotalTooLarge)?;
             lines.push(OrderLine {
                 sku: line.sku,
                 quantity: line.quantity,
@@ -342,8 +346,14 @@ mod tests {
             id: Code::parse("c-1").expect("code"),
             email: None,
         };
-        NewOrder::parse(Code::parse("web").expect("code"), customer, lines, usd(), address)
-            .expect("valid order")
+        NewOrder::parse(
+            Code::parse("web").expect("code"),
+            customer,
+            lines,
+            usd(),
+            address,
+        )
+        .expect("valid order")
     }
 
     fn catalog(entries: &[(&str, i64)]) -> HashMap<Sku, HashMap<Currency, Money>> {
@@ -351,7 +361,10 @@ mod tests {
             .iter()
             .map(|(sku, minor)| {
                 let price = Money::parse(*minor, usd()).expect("price");
-                (Sku::parse(sku).expect("sku"), HashMap::from([(usd(), price)]))
+                (
+                    Sku::parse(sku).expect("sku"),
+                    HashMap::from([(usd(), price)]),
+                )
             })
             .collect()
     }

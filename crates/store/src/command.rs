@@ -40,7 +40,7 @@ pub enum Outcome {
         location: Code,
         level: StockLevel,
     },
-    OrderPlaced(Order),
+    OrderPlaced(Box<Order>),
 }
 
 /// A business rule refused the command; nothing was written.
@@ -148,7 +148,10 @@ impl Commands {
         }
         let _claim = InFlightClaim::take(&self.in_flight, ctx.tenant, ctx.key.as_str())?;
         let mut tx = self.store.begin().await?;
-        if !tx.lock_idempotency_key(ctx.tenant, ctx.key.as_str()).await? {
+        if !tx
+            .lock_idempotency_key(ctx.tenant, ctx.key.as_str())
+            .await?
+        {
             return Err(CommandError::InFlight);
         }
         if let Some(record) = tx
@@ -185,7 +188,12 @@ impl Commands {
         Ok(Executed::Fresh(response))
     }
 
-    fn envelope(&self, ctx: &CommandContext<'_>, draft: EventDraft, now: DateTime<Utc>) -> NewEvent {
+    fn envelope(
+        &self,
+        ctx: &CommandContext<'_>,
+        draft: EventDraft,
+        now: DateTime<Utc>,
+    ) -> NewEvent {
         let partition = crate::log::partition_of(&draft.partition_key, self.store.log_partitions());
         NewEvent {
             id: EventId::generate(),
@@ -244,7 +252,9 @@ async fn decide(
             let before = tx
                 .lock_stock_level(tenant, &adjustment.sku, &adjustment.location, now)
                 .await?
-                .ok_or_else(|| CommandError::Refused(Refusal::UnknownSku(adjustment.sku.clone())))?;
+                .ok_or_else(|| {
+                    CommandError::Refused(Refusal::UnknownSku(adjustment.sku.clone()))
+                })?;
             let (after, event) = adjustment.apply(before).map_err(|refused| {
                 CommandError::Refused(Refusal::InsufficientStock {
                     available: refused.available,
@@ -265,7 +275,7 @@ async fn decide(
                 .place(OrderId::generate(), now, &prices)
                 .map_err(|refused| CommandError::Refused(Refusal::Placement(refused)))?;
             tx.insert_order(tenant, &order).await?;
-            Ok((Outcome::OrderPlaced(order), vec![event]))
+            Ok((Outcome::OrderPlaced(Box::new(order)), vec![event]))
         }
     }
 }

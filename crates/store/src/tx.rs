@@ -23,8 +23,11 @@ pub type CatalogPrices = HashMap<Sku, HashMap<Currency, Money>>;
 pub trait Tx: Send {
     /// Makes this transaction the only one working under `key` until it ends. Returns `false`
     /// when another transaction, possibly in another process, holds the key right now.
-    async fn lock_idempotency_key(&mut self, tenant: TenantId, key: &str)
-    -> Result<bool, StoreError>;
+    async fn lock_idempotency_key(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<bool, StoreError>;
     async fn find_idempotency_record(
         &mut self,
         tenant: TenantId,
@@ -42,10 +45,16 @@ pub trait Tx: Send {
     ) -> Result<(), StoreError>;
 
     /// Of `skus`, those the tenant's catalog already has.
-    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku])
-    -> Result<Vec<Sku>, StoreError>;
-    async fn insert_product(&mut self, tenant: TenantId, product: &Product)
-    -> Result<(), StoreError>;
+    async fn existing_skus(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<Vec<Sku>, StoreError>;
+    async fn insert_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError>;
     async fn catalog_prices(
         &mut self,
         tenant: TenantId,

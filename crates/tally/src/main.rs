@@ -31,7 +31,12 @@ struct DatabaseArgs {
     #[arg(long, env = "TALLY_DATABASE_URL", default_value = DATABASE_URL_DEFAULT, global = true)]
     database_url: String,
     /// Database connections in the pool (for SQLite: reader connections; there is always one writer).
-    #[arg(long, env = "TALLY_DB_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "TALLY_DB_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     db_connections: u32,
 }
 
@@ -105,7 +110,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Tenant(TenantCommand::Create { name, scopes }) => {
             let scopes = tally::admin::parse_scopes(&scopes)?;
-            let issued = tally::admin::create_tenant(store.as_ref(), &clock, &name, &scopes).await?;
+            let issued =
+                tally::admin::create_tenant(store.as_ref(), &clock, &name, &scopes).await?;
             println!("{}", issued.secret);
             eprintln!(
                 "created tenant {} ({name}) and API key {}; the key above is shown only once",
@@ -120,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
             let scopes = tally::admin::parse_scopes(&scopes)?;
             let issued = tally::admin::create_key(store.as_ref(), &clock, tenant, &scopes).await?;
             println!("{}", issued.secret);
-            eprintln!("created API key {} for tenant {tenant}; the key above is shown only once", issued.key_id);
+            eprintln!(
+                "created API key {} for tenant {tenant}; the key above is shown only once",
+                issued.key_id
+            );
             Ok(())
         }
     }

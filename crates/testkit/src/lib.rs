@@ -104,7 +104,9 @@ pub async fn fresh_database(engine: Engine) -> TestDb {
                 .execute(&mut connection)
                 .await
                 .expect("create a test database");
-            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+            let base = admin
+                .rsplit_once('/')
+                .map_or(admin.as_str(), |(base, _)| base);
             (format!("{base}/{name}"), None)
         }
     };
@@ -145,9 +147,14 @@ pub async fn spawn_app_with(engine: Engine, config: ApiConfig) -> TestApp {
     let running = tally::server::start(Arc::clone(&db.store), clock.clone(), config, listen)
         .await
         .expect("start the server");
-    let issued = tally::admin::create_tenant(db.store.as_ref(), clock.as_ref(), "Test tenant", &Scope::ALL)
-        .await
-        .expect("create a tenant");
+    let issued = tally::admin::create_tenant(
+        db.store.as_ref(),
+        clock.as_ref(),
+        "Test tenant",
+        &Scope::ALL,
+    )
+    .await
+    .expect("create a tenant");
     TestApp {
         address: running.address,
         client: reqwest::Client::new(),
@@ -188,18 +195,28 @@ impl TestApp {
 
     /// Another tenant of the same deployment, with its own key of `scopes`.
     pub async fn other_tenant(&self, scopes: &[Scope]) -> (TenantId, String) {
-        let issued = tally::admin::create_tenant(self.store().as_ref(), self.clock.as_ref(), "Other", scopes)
-            .await
-            .expect("create a tenant");
+        let issued = tally::admin::create_tenant(
+            self.store().as_ref(),
+            self.clock.as_ref(),
+            "Other",
+            scopes,
+        )
+        .await
+        .expect("create a tenant");
         (issued.tenant, issued.secret)
     }
 
     /// A key of this app's tenant with only `scopes`.
     pub async fn key_with(&self, scopes: &[Scope]) -> String {
-        tally::admin::create_key(self.store().as_ref(), self.clock.as_ref(), self.tenant, scopes)
-            .await
-            .expect("create a key")
-            .secret
+        tally::admin::create_key(
+            self.store().as_ref(),
+            self.clock.as_ref(),
+            self.tenant,
+            scopes,
+        )
+        .await
+        .expect("create a key")
+        .secret
     }
 
     /// Creates a product with one variant per `(sku, usd_minor)` and returns its JSON.
@@ -209,7 +226,11 @@ impl TestApp {
             .map(|(sku, price)| json!({"sku": sku, "prices": {"USD": price}}))
             .collect();
         let response = self
-            .post("/v1/products", &format!("product-{name}"), &json!({"name": name, "variants": variants}))
+            .post(
+                "/v1/products",
+                &format!("product-{name}"),
+                &json!({"name": name, "variants": variants}),
+            )
             .send()
             .await
             .expect("POST /v1/products");
@@ -218,7 +239,13 @@ impl TestApp {
     }
 
     /// Adjusts stock and returns the response's status.
-    pub async fn adjust(&self, key: &str, sku: &str, location: &str, delta: i64) -> reqwest::Response {
+    pub async fn adjust(
+        &self,
+        key: &str,
+        sku: &str,
+        location: &str,
+        delta: i64,
+    ) -> reqwest::Response {
         self.post(
             "/v1/inventory/adjustments",
             key,

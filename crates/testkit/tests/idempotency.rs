@@ -40,16 +40,27 @@ async fn same_key_and_request_replays_the_stored_response(engine: Engine) {
     let app = spawn_app(engine).await;
     ready_catalog(&app).await;
     let body = order_body("c-1", &[("TEE-M", 2)]);
-    let first = app.post("/v1/orders", "order-1", &body).send().await.expect("POST");
+    let first = app
+        .post("/v1/orders", "order-1", &body)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
     let first_location = first.headers().get("location").cloned();
     let first_body = first.bytes().await.expect("body");
 
-    let second = app.post("/v1/orders", "order-1", &body).send().await.expect("POST");
+    let second = app
+        .post("/v1/orders", "order-1", &body)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(second.status(), 201);
     assert_eq!(
-        second.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+        second
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
         Some(&b"true"[..])
     );
     assert_eq!(second.headers().get("location").cloned(), first_location);
@@ -64,7 +75,11 @@ async fn same_meaning_in_other_json_form_replays(engine: Engine) {
     let app = spawn_app(engine).await;
     ready_catalog(&app).await;
     let body = order_body("c-1", &[("TEE-M", 1)]);
-    let first = app.post("/v1/orders", "k", &body).send().await.expect("POST");
+    let first = app
+        .post("/v1/orders", "k", &body)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(first.status(), 201);
     let mut reordered = serde_json::Map::new();
     let object = body.as_object().expect("an object");
@@ -112,13 +127,24 @@ async fn same_key_with_a_different_request_is_refused(engine: Engine) {
     let problem: Value = other_body.json().await.expect("problem");
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
     let other_endpoint = app
-        .post("/v1/inventory/adjustments", "k", &json!({"sku": "TEE-M", "location": "w", "delta": 1}))
+        .post(
+            "/v1/inventory/adjustments",
+            "k",
+            &json!({"sku": "TEE-M", "location": "w", "delta": 1}),
+        )
         .send()
         .await
         .expect("POST");
     assert_eq!(other_endpoint.status(), 422);
     assert_eq!(order_count(&app).await, 1);
-    let stock: Value = app.get("/v1/inventory/TEE-M").send().await.expect("GET").json().await.expect("stock");
+    let stock: Value = app
+        .get("/v1/inventory/TEE-M")
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("stock");
     assert_eq!(stock["on_hand"], 0, "the refused adjustment wrote nothing");
     app.stop().await;
 }
@@ -130,7 +156,11 @@ async fn fifty_concurrent_requests_with_one_key_place_one_order(engine: Engine) 
     ready_catalog(&app).await;
     let body = order_body("c-1", &[("TEE-M", 1), ("TEE-L", 3)]);
     let requests = (0..50).map(|_| async {
-        let response = app.post("/v1/orders", "one-key", &body).send().await.expect("POST");
+        let response = app
+            .post("/v1/orders", "one-key", &body)
+            .send()
+            .await
+            .expect("POST");
         let status = response.status().as_u16();
         let retry_after = response.headers().get("retry-after").cloned();
         let bytes = response.bytes().await.expect("body");
@@ -141,9 +171,15 @@ async fn fifty_concurrent_requests_with_one_key_place_one_order(engine: Engine) 
     assert!(!created.is_empty(), "at least one request placed the order");
     for (status, retry_after, bytes) in &responses {
         match status {
-            201 => assert_eq!(bytes, &created[0].2, "every 201 carries the same stored body"),
+            201 => assert_eq!(
+                bytes, &created[0].2,
+                "every 201 carries the same stored body"
+            ),
             409 => assert!(retry_after.is_some(), "a 409 says when to retry"),
-            other => panic!("unexpected status {other}: {}", String::from_utf8_lossy(bytes)),
+            other => panic!(
+                "unexpected status {other}: {}",
+                String::from_utf8_lossy(bytes)
+            ),
         }
     }
     assert_eq!(order_count(&app).await, 1, "exactly one order exists");
@@ -198,22 +234,43 @@ async fn expired_keys_are_purged_and_can_be_used_again(engine: Engine) {
     ready_catalog(&app).await;
     let body = order_body("c-1", &[("TEE-M", 1)]);
     for key in ["purged", "expired"] {
-        let placed = app.post("/v1/orders", key, &body).send().await.expect("POST");
+        let placed = app
+            .post("/v1/orders", key, &body)
+            .send()
+            .await
+            .expect("POST");
         assert_eq!(placed.status(), 201);
     }
     app.clock.advance(chrono::Duration::hours(25));
-    let again = app.post("/v1/orders", "expired", &body).send().await.expect("POST");
+    let again = app
+        .post("/v1/orders", "expired", &body)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(again.status(), 201);
-    assert!(again.headers().get("idempotent-replayed").is_none(), "an expired key no longer replays");
+    assert!(
+        again.headers().get("idempotent-replayed").is_none(),
+        "an expired key no longer replays"
+    );
     let purged = app
         .store()
         .purge_idempotency_records(app.clock.now(), 1_000)
         .await
         .expect("purge");
-    assert_eq!(purged, 2, "the 'purged' order key and the product key had expired");
-    let again = app.post("/v1/orders", "purged", &body).send().await.expect("POST");
+    assert_eq!(
+        purged, 2,
+        "the 'purged' order key and the product key had expired"
+    );
+    let again = app
+        .post("/v1/orders", "purged", &body)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(again.status(), 201);
-    assert!(again.headers().get("idempotent-replayed").is_none(), "a purged key is new again");
+    assert!(
+        again.headers().get("idempotent-replayed").is_none(),
+        "a purged key is new again"
+    );
     assert_eq!(order_count(&app).await, 4);
     app.stop().await;
 }

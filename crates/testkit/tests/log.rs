@@ -67,7 +67,11 @@ async fn racing_writers_never_make_a_reader_skip_or_reorder(engine: Engine) {
         writer.expect("writer task");
     }
     let seen = reader.await.expect("reader task");
-    assert_eq!(seen.len(), expected, "the reader saw every event, and no more");
+    assert_eq!(
+        seen.len(),
+        expected,
+        "the reader saw every event, and no more"
+    );
     let ids: HashSet<EventId> = seen.iter().map(|e| e.id).collect();
     assert_eq!(ids.len(), expected, "no event was delivered twice");
     assert_chains_unbroken(&seen);
@@ -79,7 +83,10 @@ fn assert_chains_unbroken(seen: &[LogEvent]) {
     let mut last_position: BTreeMap<u32, i64> = BTreeMap::new();
     for event in seen {
         let previous = last_position.insert(event.partition, event.position);
-        assert!(previous.is_none_or(|p| p < event.position), "positions rise within a partition");
+        assert!(
+            previous.is_none_or(|p| p < event.position),
+            "positions rise within a partition"
+        );
         if event.event_type != "tally.inventory.adjusted.v1" {
             continue;
         }
@@ -88,11 +95,17 @@ fn assert_chains_unbroken(seen: &[LogEvent]) {
             data["sku"].as_str().expect("sku").to_owned(),
             data["location"].as_str().expect("location").to_owned(),
         );
-        assert_eq!(event.partition_key, key.0, "inventory events are keyed by SKU");
+        assert_eq!(
+            event.partition_key, key.0,
+            "inventory events are keyed by SKU"
+        );
         let before = data["on_hand_before"].as_i64().expect("before");
         let after = data["on_hand_after"].as_i64().expect("after");
         let current = on_hand.entry(key.clone()).or_insert(0);
-        assert_eq!(*current, before, "{key:?}: an event was skipped or reordered");
+        assert_eq!(
+            *current, before,
+            "{key:?}: an event was skipped or reordered"
+        );
         *current = after;
     }
 }
@@ -104,7 +117,11 @@ async fn a_consumer_group_resumes_after_its_committed_offset(engine: Engine) {
     app.create_product("Tee", &[("TEE-M", 1000)]).await;
     for i in 0..5 {
         let response = app
-            .post("/v1/orders", &format!("o{i}"), &order_body("c", &[("TEE-M", 1)]))
+            .post(
+                "/v1/orders",
+                &format!("o{i}"),
+                &order_body("c", &[("TEE-M", 1)]),
+            )
             .send()
             .await
             .expect("POST");
@@ -116,18 +133,30 @@ async fn a_consumer_group_resumes_after_its_committed_offset(engine: Engine) {
 
     for i in 5..8 {
         let response = app
-            .post("/v1/orders", &format!("o{i}"), &order_body("c", &[("TEE-M", 1)]))
+            .post(
+                "/v1/orders",
+                &format!("o{i}"),
+                &order_body("c", &[("TEE-M", 1)]),
+            )
             .send()
             .await
             .expect("POST");
         assert_eq!(response.status(), 201);
     }
     let second = drain(&store, "billing", 3).await;
-    assert_eq!(second.len(), 3, "only the events after the committed offsets");
+    assert_eq!(
+        second.len(),
+        3,
+        "only the events after the committed offsets"
+    );
     let first_ids: HashSet<EventId> = first.iter().map(|e| e.id).collect();
     assert!(second.iter().all(|e| !first_ids.contains(&e.id)));
     let fresh = drain(&store, "another-group", 9).await;
-    assert_eq!(fresh.len(), 9, "another group reads the whole log independently");
+    assert_eq!(
+        fresh.len(),
+        9,
+        "another group reads the whole log independently"
+    );
     let _ = json!({});
     app.stop().await;
 }
@@ -177,21 +206,32 @@ async fn postgres_late_commit_enters_the_log_after_what_was_read() {
     };
     let mut early = store.begin().await.expect("begin");
     let early_event = event("early");
-    early.append_events(std::slice::from_ref(&early_event)).await.expect("append");
+    early
+        .append_events(std::slice::from_ref(&early_event))
+        .await
+        .expect("append");
 
     let mut late = store.begin().await.expect("begin");
     let late_event = event("late");
-    late.append_events(std::slice::from_ref(&late_event)).await.expect("append");
+    late.append_events(std::slice::from_ref(&late_event))
+        .await
+        .expect("append");
     late.commit().await.expect("commit");
 
     assert_eq!(store.sequence_outbox(100).await.expect("relay"), 1);
     let read = store.read_log(None, 0, 100).await.expect("read");
-    assert_eq!(read.iter().map(|e| e.id).collect::<Vec<_>>(), vec![late_event.id]);
+    assert_eq!(
+        read.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![late_event.id]
+    );
 
     early.commit().await.expect("commit");
     assert_eq!(store.sequence_outbox(100).await.expect("relay"), 1);
     let after = read[0].position;
     let next = store.read_log(None, after, 100).await.expect("read");
-    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![early_event.id]);
+    assert_eq!(
+        next.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![early_event.id]
+    );
     assert!(next[0].position > after);
 }

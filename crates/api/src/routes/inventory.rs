@@ -117,7 +117,14 @@ pub async fn adjust(
     request: CommandRequest<AdjustmentBody>,
 ) -> Result<Response, ApiError> {
     let adjustment = request.body.parse()?;
-    execute(&state, &principal, &request, Command::AdjustStock(adjustment), &super::render).await
+    execute(
+        &state,
+        &principal,
+        &request,
+        Command::AdjustStock(adjustment),
+        &super::render,
+    )
+    .await
 }
 
 /// Stock of a SKU: on hand, reserved and available per location and in total.

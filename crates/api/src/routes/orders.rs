@@ -143,11 +143,22 @@ impl AddressBody {
     fn parse(&self, fields: &mut Fields) -> Option<Address> {
         let name = text(fields, "/shipping_address/name", &self.name);
         let line1 = text(fields, "/shipping_address/line1", &self.line1);
-        let line2 = fields.check_optional("/shipping_address/line2", self.line2.as_deref(), Text::parse);
+        let line2 = fields.check_optional(
+            "/shipping_address/line2",
+            self.line2.as_deref(),
+            Text::parse,
+        );
         let city = text(fields, "/shipping_address/city", &self.city);
-        let region = fields.check_optional("/shipping_address/region", self.region.as_deref(), Text::parse);
+        let region = fields.check_optional(
+            "/shipping_address/region",
+            self.region.as_deref(),
+            Text::parse,
+        );
         let postal_code = text(fields, "/shipping_address/postal_code", &self.postal_code);
-        let country = fields.check("/shipping_address/country", CountryCode::parse(&self.country));
+        let country = fields.check(
+            "/shipping_address/country",
+            CountryCode::parse(&self.country),
+        );
         Some(Address {
             name: name?,
             line1: line1?,
@@ -165,7 +176,11 @@ impl OrderBody {
         let mut fields = Fields::default();
         let channel = fields.check("/channel", Code::parse(&self.channel));
         let customer_id = fields.check("/customer/id", Code::parse(&self.customer.id));
-        let email = fields.check_optional("/customer/email", self.customer.email.as_deref(), Email::parse);
+        let email = fields.check_optional(
+            "/customer/email",
+            self.customer.email.as_deref(),
+            Email::parse,
+        );
         let currency = fields.check("/currency", Currency::parse(&self.currency));
         let address = self.shipping_address.parse(&mut fields);
         let mut lines = Vec::with_capacity(self.lines.len());
@@ -244,7 +259,11 @@ pub(crate) fn render_placed(order: &Order, events: &[NewEvent]) -> StoredRespons
                 .collect(),
         ),
     };
-    render_json(StatusCode::CREATED, Some(format!("/v1/orders/{}", order.id)), &body)
+    render_json(
+        StatusCode::CREATED,
+        Some(format!("/v1/orders/{}", order.id)),
+        &body,
+    )
 }
 
 fn order_response(record: OrderRecord, timeline: Option<Vec<TimelineEntry>>) -> OrderResponse {
@@ -303,7 +322,14 @@ pub async fn place_order(
     request: CommandRequest<OrderBody>,
 ) -> Result<Response, ApiError> {
     let order = request.body.parse()?;
-    execute(&state, &principal, &request, Command::PlaceOrder(order), &super::render).await
+    execute(
+        &state,
+        &principal,
+        &request,
+        Command::PlaceOrder(order),
+        &super::render,
+    )
+    .await
 }
 
 /// Get an order with its timeline.
@@ -341,7 +367,11 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
     raw.map(|raw| {
         DateTime::parse_from_rfc3339(raw)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ApiError::InvalidQuery(format!("'{name}' must be an RFC 3339 time such as 2026-01-31T00:00:00Z")))
+            .map_err(|_| {
+                ApiError::InvalidQuery(format!(
+                    "'{name}' must be an RFC 3339 time such as 2026-01-31T00:00:00Z"
+                ))
+            })
     })
     .transpose()
 }
@@ -365,7 +395,9 @@ impl OrderQuery {
             .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
         let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-            return Err(ApiError::InvalidQuery(format!("'limit' must be from 1 to {PAGE_LIMIT_MAX}")));
+            return Err(ApiError::InvalidQuery(format!(
+                "'limit' must be from 1 to {PAGE_LIMIT_MAX}"
+            )));
         }
         let status = query
             .status
@@ -399,12 +431,21 @@ pub async fn list_orders(
 ) -> Result<Json<OrderPage>, ApiError> {
     let (filter, limit) = OrderQuery::parse(raw.as_deref())?;
     // One more than asked tells whether another page exists.
-    let mut records = state.inner.store.orders(principal.tenant, &filter, limit + 1).await?;
+    let mut records = state
+        .inner
+        .store
+        .orders(principal.tenant, &filter, limit + 1)
+        .await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
-    let next_cursor = more.then(|| records.last().map(|r| encode_cursor(r.id))).flatten();
+    let next_cursor = more
+        .then(|| records.last().map(|r| encode_cursor(r.id)))
+        .flatten();
     Ok(Json(OrderPage {
-        data: records.into_iter().map(|r| order_response(r, None)).collect(),
+        data: records
+            .into_iter()
+            .map(|r| order_response(r, None))
+            .collect(),
         next_cursor,
     }))
 }

@@ -98,7 +98,11 @@ fn product_response(product: &Product) -> ProductResponse {
             .iter()
             .map(|v| VariantResponse {
                 sku: v.sku.as_str().to_owned(),
-                prices: v.prices.iter().map(|(c, m)| (c.code().to_owned(), m.minor)).collect(),
+                prices: v
+                    .prices
+                    .iter()
+                    .map(|(c, m)| (c.code().to_owned(), m.minor))
+                    .collect(),
             })
             .collect(),
         created_at: product.created_at,
@@ -130,7 +134,14 @@ pub async fn create_product(
     request: CommandRequest<ProductBody>,
 ) -> Result<Response, ApiError> {
     let product = request.body.parse()?;
-    execute(&state, &principal, &request, Command::CreateProduct(product), &super::render).await
+    execute(
+        &state,
+        &principal,
+        &request,
+        Command::CreateProduct(product),
+        &super::render,
+    )
+    .await
 }
 
 /// Get a product.

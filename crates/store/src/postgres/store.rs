@@ -171,7 +171,11 @@ impl Store for PgStore {
             .map(Some)
     }
 
-    async fn order(&self, tenant: TenantId, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+    async fn order(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError> {
         let row = sqlx::query(&format!("{SELECT_ORDER} WHERE tenant_id = $1 AND id = $2"))
             .bind(tenant.as_uuid())
             .bind(id.as_uuid())

@@ -54,7 +54,11 @@ fn sku_strings(skus: &[Sku]) -> Vec<String> {
 
 #[async_trait]
 impl Tx for PgTx {
-    async fn lock_idempotency_key(&mut self, tenant: TenantId, key: &str) -> Result<bool, StoreError> {
+    async fn lock_idempotency_key(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<bool, StoreError> {
         // A try-lock, not a wait: a second request under the same key, from any process, is
         // told 409 at once rather than held behind the first.
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
@@ -78,7 +82,11 @@ impl Tx for PgTx {
         row.as_ref().map(idempotency_record).transpose()
     }
 
-    async fn delete_idempotency_record(&mut self, tenant: TenantId, key: &str) -> Result<(), StoreError> {
+    async fn delete_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = $1 AND key = $2")
             .bind(tenant.as_uuid())
             .bind(key)
@@ -109,7 +117,11 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<Vec<Sku>, StoreError> {
+    async fn existing_skus(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<Vec<Sku>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT sku FROM variants WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku",
         )
@@ -122,15 +134,25 @@ impl Tx for PgTx {
             .collect()
     }
 
-    async fn insert_product(&mut self, tenant: TenantId, product: &Product) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(tenant.as_uuid())
-            .bind(product.id.as_uuid())
-            .bind(product.name.as_str())
-            .bind(product.created_at)
-            .execute(&mut *self.tx)
-            .await?;
-        let skus: Vec<String> = product.variants.iter().map(|v| v.sku.as_str().to_owned()).collect();
+    async fn insert_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO products (tenant_id, id, name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(product.id.as_uuid())
+        .bind(product.name.as_str())
+        .bind(product.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        let skus: Vec<String> = product
+            .variants
+            .iter()
+            .map(|v| v.sku.as_str().to_owned())
+            .collect();
         let prices: Vec<String> = product
             .variants
             .iter()
@@ -150,12 +172,17 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn catalog_prices(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<CatalogPrices, StoreError> {
-        let rows = sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
-            .bind(tenant.as_uuid())
-            .bind(sku_strings(skus))
-            .fetch_all(&mut *self.tx)
-            .await?;
+    async fn catalog_prices(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<CatalogPrices, StoreError> {
+        let rows =
+            sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
+                .bind(tenant.as_uuid())
+                .bind(sku_strings(skus))
+                .fetch_all(&mut *self.tx)
+                .await?;
         rows.iter()
             .map(|row| {
                 let sku: String = row.try_get("sku")?;

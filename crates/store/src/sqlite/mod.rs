@@ -13,7 +13,9 @@ mod tx;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::{ConnectOptions, StoreError};
 
@@ -57,7 +59,8 @@ impl SqliteStore {
         let partitions: i64 = sqlx::query_scalar("SELECT partitions FROM log_head WHERE id = 1")
             .fetch_one(&reader)
             .await?;
-        let partitions = u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
+        let partitions =
+            u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
         Ok(Self {
             writer,
             reader,

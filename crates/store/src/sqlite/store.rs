@@ -105,11 +105,12 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: ProductId,
     ) -> Result<Option<ProductRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(&self.reader)
-            .await?
+        let Some(row) =
+            sqlx::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_uuid())
+                .bind(id.as_uuid())
+                .fetch_optional(&self.reader)
+                .await?
         else {
             return Ok(None);
         };
@@ -171,7 +172,11 @@ impl Store for SqliteStore {
             .map(Some)
     }
 
-    async fn order(&self, tenant: TenantId, id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+    async fn order(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderRecord>, StoreError> {
         let row = sqlx::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
             .bind(tenant.as_uuid())
             .bind(id.as_uuid())
@@ -259,13 +264,15 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?,
-            None => sqlx::query(&format!(
-                "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
-            ))
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?,
+            None => {
+                sqlx::query(&format!(
+                    "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
+                ))
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
         };
         rows.iter().map(log_event).collect()
     }

@@ -68,7 +68,11 @@ impl Tx for SqliteTx {
         row.as_ref().map(idempotency_record).transpose()
     }
 
-    async fn delete_idempotency_record(&mut self, tenant: TenantId, key: &str) -> Result<(), StoreError> {
+    async fn delete_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
             .bind(tenant.as_uuid())
             .bind(key)
@@ -99,7 +103,11 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn existing_skus(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<Vec<Sku>, StoreError> {
+    async fn existing_skus(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<Vec<Sku>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT sku FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku",
         )
@@ -112,7 +120,11 @@ impl Tx for SqliteTx {
             .collect()
     }
 
-    async fn insert_product(&mut self, tenant: TenantId, product: &Product) -> Result<(), StoreError> {
+    async fn insert_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES (?, ?, ?, ?)")
             .bind(tenant.as_uuid())
             .bind(product.id.as_uuid())
@@ -135,7 +147,11 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn catalog_prices(&mut self, tenant: TenantId, skus: &[Sku]) -> Result<CatalogPrices, StoreError> {
+    async fn catalog_prices(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<CatalogPrices, StoreError> {
         let rows = sqlx::query(
             "SELECT sku, prices FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?))",
         )
@@ -147,7 +163,8 @@ impl Tx for SqliteTx {
             .map(|row| {
                 let sku: String = row.try_get("sku")?;
                 let prices: String = row.try_get("prices")?;
-                let prices = serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
+                let prices =
+                    serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
                 let parsed = crate::codec::parse_prices(&sku, prices)?;
                 Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
             })
