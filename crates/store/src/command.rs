@@ -75,6 +75,17 @@ pub enum Executed {
     Replayed(StoredResponse),
 }
 
+/// How a command transaction ends.
+enum Step {
+    /// The key was used before: roll back and answer with the stored response.
+    Replay(Executed),
+    /// The command was applied: commit, then answer with `response`.
+    Commit {
+        response: StoredResponse,
+        appended: bool,
+    },
+}
+
 /// Renders an outcome (and the events it caused) into the response stored under the idempotency key. It runs inside the
 /// transaction, so the stored response and the state change commit together.
 pub type Render = dyn Fn(&Outcome, &[NewEvent]) -> StoredResponse + Send + Sync;
@@ -148,6 +159,40 @@ impl Commands {
         }
         let _claim = InFlightClaim::take(&self.in_flight, ctx.tenant, ctx.key.as_str())?;
         let mut tx = self.store.begin().await?;
+        match self.run(tx.as_mut(), ctx, command, now).await {
+            Ok(Step::Commit { response, appended }) => {
+                tx.commit().await?;
+                if appended {
+                    self.appended.notify_one();
+                }
+                Ok(Executed::Fresh(response))
+            }
+            // Roll back now rather than on drop: a dropped transaction is rolled back later, in
+            // the background, and until then it holds the key's lock, so the client's corrected
+            // retry would be told 409.
+            Ok(Step::Replay(executed)) => {
+                tx.rollback().await?;
+                Ok(executed)
+            }
+            Err(error) => {
+                if let Err(rollback) = tx.rollback().await {
+                    // The connection is discarded either way; the command's own error is the
+                    // one the caller must see.
+                    tracing::warn!(error = %rollback, "rolling back a refused command failed");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Everything between `BEGIN` and `COMMIT`; the caller ends the transaction.
+    async fn run(
+        &self,
+        tx: &mut dyn Tx,
+        ctx: &CommandContext<'_>,
+        command: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Step, CommandError> {
         if !tx
             .lock_idempotency_key(ctx.tenant, ctx.key.as_str())
             .await?
@@ -159,12 +204,12 @@ impl Commands {
             .await?
         {
             if record.expires_at > now {
-                return replay(ctx, record.fingerprint, record.response);
+                return replay(ctx, record.fingerprint, record.response).map(Step::Replay);
             }
             tx.delete_idempotency_record(ctx.tenant, ctx.key.as_str())
                 .await?;
         }
-        let (outcome, drafts) = decide(tx.as_mut(), ctx.tenant, command, now).await?;
+        let (outcome, drafts) = decide(tx, ctx.tenant, command, now).await?;
         let events: Vec<NewEvent> = drafts
             .into_iter()
             .map(|draft| self.envelope(ctx, draft, now))
@@ -181,11 +226,10 @@ impl Commands {
             expires_at: now + retention,
         };
         tx.insert_idempotency_record(ctx.tenant, &record).await?;
-        tx.commit().await?;
-        if !events.is_empty() {
-            self.appended.notify_one();
-        }
-        Ok(Executed::Fresh(response))
+        Ok(Step::Commit {
+            response,
+            appended: !events.is_empty(),
+        })
     }
 
     fn envelope(

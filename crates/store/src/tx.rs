@@ -18,7 +18,8 @@ use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord};
 /// Prices per SKU, as order placement needs them.
 pub type CatalogPrices = HashMap<Sku, HashMap<Currency, Money>>;
 
-/// One open command transaction. Dropping it without [`Tx::commit`] rolls it back.
+/// One open command transaction. Dropping it without [`Tx::commit`] rolls it back, but only
+/// eventually (in the background); [`Tx::rollback`] releases its locks before returning.
 #[async_trait]
 pub trait Tx: Send {
     /// Makes this transaction the only one working under `key` until it ends. Returns `false`
@@ -88,4 +89,7 @@ pub trait Tx: Send {
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Rolls back and waits for it, releasing every lock the transaction held.
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
 }

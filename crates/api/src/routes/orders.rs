@@ -113,6 +113,7 @@ pub struct TimelineEntry {
 pub struct OrderPage {
     pub data: Vec<OrderResponse>,
     /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
 

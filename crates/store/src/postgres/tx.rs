@@ -323,4 +323,9 @@ impl Tx for PgTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
 }

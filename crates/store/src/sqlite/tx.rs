@@ -282,4 +282,9 @@ impl Tx for SqliteTx {
         self.tx.commit().await?;
         Ok(())
     }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
 }
