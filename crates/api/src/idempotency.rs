@@ -130,23 +130,34 @@ fn fingerprint(method: &str, path: &str, body: &impl Serialize) -> Fingerprint {
 }
 
 /// Runs `command` under the request's key and answers with the stored response.
+///
+/// The command runs on its own task: a client that disconnects mid-request does not cancel a
+/// transaction half-way, so every started command either commits or rolls back by itself, and
+/// the client's retry finds the stored response.
 pub(crate) async fn execute<T>(
     state: &AppState,
     principal: &Principal,
-    request: &CommandRequest<T>,
+    request: CommandRequest<T>,
     command: Command,
-    render: &Render,
+    render: &'static Render,
 ) -> Result<Response, ApiError> {
-    let ctx = CommandContext {
-        tenant: principal.tenant,
-        api_key: principal.key_id,
-        key: &request.key,
-        fingerprint: request.fingerprint.clone(),
-        request_id: &request.request_id,
-        traceparent: request.traceparent.as_deref(),
-        render,
-    };
-    let executed = state.inner.commands.execute(&ctx, command).await?;
+    let commands = state.clone();
+    let principal = principal.clone();
+    let task = tokio::spawn(async move {
+        let ctx = CommandContext {
+            tenant: principal.tenant,
+            api_key: principal.key_id,
+            key: &request.key,
+            fingerprint: request.fingerprint.clone(),
+            request_id: &request.request_id,
+            traceparent: request.traceparent.as_deref(),
+            render,
+        };
+        commands.inner.commands.execute(&ctx, command).await
+    });
+    let executed = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("the command task failed: {e}")))??;
     Ok(match executed {
         Executed::Fresh(stored) => stored_response(stored, false),
         Executed::Replayed(stored) => stored_response(stored, true),

@@ -21,6 +21,10 @@ const DATABASE_URL_DEFAULT: &str = "sqlite://./tally-data/tally.db";
 struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
+    /// Which log lines to print to standard error, in `tracing` filter syntax (info, debug,
+    /// tally_store=debug,warn…).
+    #[arg(long, env = "TALLY_LOG", default_value = "info", global = true)]
+    log: String,
     #[command(subcommand)]
     command: Commands,
 }
@@ -93,7 +97,7 @@ enum KeyCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(&cli.log);
     let options = ConnectOptions {
         connections_max: cli.database.db_connections,
     };
@@ -172,8 +176,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

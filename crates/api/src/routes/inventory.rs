@@ -120,7 +120,7 @@ pub async fn adjust(
     execute(
         &state,
         &principal,
-        &request,
+        request,
         Command::AdjustStock(adjustment),
         &super::render,
     )

@@ -326,7 +326,7 @@ pub async fn place_order(
     execute(
         &state,
         &principal,
-        &request,
+        request,
         Command::PlaceOrder(order),
         &super::render,
     )

@@ -137,7 +137,7 @@ pub async fn create_product(
     execute(
         &state,
         &principal,
-        &request,
+        request,
         Command::CreateProduct(product),
         &super::render,
     )
