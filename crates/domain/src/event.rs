@@ -10,13 +10,37 @@ pub enum EventType {
     ProductCreated,
     InventoryAdjusted,
     OrderPlaced,
+    OrderStockReserved,
+    OrderPaymentAuthorized,
+    OrderPaymentCaptured,
+    OrderFulfillmentRequested,
+    OrderShipped,
+    OrderDelivered,
+    OrderCompleted,
+    OrderCancelled,
+    OrderReturned,
+    OrderRefunded,
+    /// A partner effect must be undone (an authorization to void) after the order moved on
+    /// without it, such as a cancellation racing an authorization.
+    OrderCompensationRequired,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [
+    pub const ALL: [EventType; 14] = [
         EventType::ProductCreated,
         EventType::InventoryAdjusted,
         EventType::OrderPlaced,
+        EventType::OrderStockReserved,
+        EventType::OrderPaymentAuthorized,
+        EventType::OrderPaymentCaptured,
+        EventType::OrderFulfillmentRequested,
+        EventType::OrderShipped,
+        EventType::OrderDelivered,
+        EventType::OrderCompleted,
+        EventType::OrderCancelled,
+        EventType::OrderReturned,
+        EventType::OrderRefunded,
+        EventType::OrderCompensationRequired,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -24,6 +48,17 @@ impl EventType {
             EventType::ProductCreated => "tally.product.created.v1",
             EventType::InventoryAdjusted => "tally.inventory.adjusted.v1",
             EventType::OrderPlaced => "tally.order.placed.v1",
+            EventType::OrderStockReserved => "tally.order.stock_reserved.v1",
+            EventType::OrderPaymentAuthorized => "tally.order.payment_authorized.v1",
+            EventType::OrderPaymentCaptured => "tally.order.payment_captured.v1",
+            EventType::OrderFulfillmentRequested => "tally.order.fulfillment_requested.v1",
+            EventType::OrderShipped => "tally.order.shipped.v1",
+            EventType::OrderDelivered => "tally.order.delivered.v1",
+            EventType::OrderCompleted => "tally.order.completed.v1",
+            EventType::OrderCancelled => "tally.order.cancelled.v1",
+            EventType::OrderReturned => "tally.order.returned.v1",
+            EventType::OrderRefunded => "tally.order.refunded.v1",
+            EventType::OrderCompensationRequired => "tally.order.compensation_required.v1",
         }
     }
 
@@ -32,7 +67,18 @@ impl EventType {
         match self {
             EventType::ProductCreated => "catalog",
             EventType::InventoryAdjusted => "inventory",
-            EventType::OrderPlaced => "order",
+            EventType::OrderPlaced
+            | EventType::OrderStockReserved
+            | EventType::OrderPaymentAuthorized
+            | EventType::OrderPaymentCaptured
+            | EventType::OrderFulfillmentRequested
+            | EventType::OrderShipped
+            | EventType::OrderDelivered
+            | EventType::OrderCompleted
+            | EventType::OrderCancelled
+            | EventType::OrderReturned
+            | EventType::OrderRefunded
+            | EventType::OrderCompensationRequired => "order",
         }
     }
 

@@ -19,6 +19,7 @@
 //! - [`clock`]: the injected clock.
 
 pub mod catalog;
+pub mod checkout;
 pub mod clock;
 pub mod event;
 pub mod idempotency;

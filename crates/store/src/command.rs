@@ -20,7 +20,7 @@ use tally_domain::order::{NewOrder, Order, PlacementRefused};
 use tally_domain::text::Code;
 use tokio::sync::Notify;
 
-use crate::records::{NewEvent, NewIdempotencyRecord, StoredResponse};
+use crate::records::{MovementKind, NewEvent, NewIdempotencyRecord, StockMovement, StoredResponse};
 use crate::{Store, StoreError, Tx};
 
 /// What a client asked for, parsed and validated.
@@ -304,8 +304,20 @@ async fn decide(
                     available: refused.available,
                 })
             })?;
-            tx.update_stock_level(tenant, &adjustment.sku, &adjustment.location, after, now)
-                .await?;
+            let delta = adjustment.delta.get();
+            let movement = StockMovement {
+                sku: adjustment.sku.as_str().to_owned(),
+                location: adjustment.location.as_str().to_owned(),
+                kind: if delta > 0 {
+                    MovementKind::Received
+                } else {
+                    MovementKind::Removed
+                },
+                quantity: delta.abs(),
+                order_id: None,
+                at: now,
+            };
+            tx.move_stock(tenant, after, &movement).await?;
             let outcome = Outcome::StockAdjusted {
                 sku: adjustment.sku,
                 location: adjustment.location,

@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tally_domain::ids::{OrderId, ProductId, TenantId};
+use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
+use uuid::Uuid;
 
 pub use command::{CommandContext, CommandError, Commands, Executed, Outcome, Refusal};
 pub use records::*;
@@ -194,6 +195,38 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// Outbox rows not yet in the log: the relay's lag.
     async fn outbox_pending(&self) -> Result<i64, StoreError>;
+    /// One event by id, whether or not it is in the log yet.
+    async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError>;
+    /// Whether `group` has applied `event` (read outside any transaction, as a shortcut).
+    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError>;
+
+    /// A tenant's dead letters, newest first, optionally of one status.
+    async fn dead_letters(
+        &self,
+        tenant: TenantId,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError>;
+    async fn dead_letter(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> Result<Option<DeadLetterRecord>, StoreError>;
+    /// Moves a letter from `from` to `to`; `false` when it was not in `from`.
+    async fn set_dead_letter_status(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+        from: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Letters of `group` an operator asked to retry.
+    async fn dead_letters_to_retry(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError>;
 }
 
 /// Microseconds since the Unix epoch, SQLite's representation of a time.

@@ -166,3 +166,141 @@ pub struct LogEvent {
     pub causation_id: Option<String>,
     pub traceparent: Option<String>,
 }
+
+/// An order with the saga's state, locked for the rest of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderState {
+    pub record: OrderRecord,
+    pub saga: tally_domain::checkout::Saga,
+}
+
+/// One change of stock at one location, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockMovement {
+    pub sku: String,
+    pub location: String,
+    pub kind: MovementKind,
+    pub quantity: i64,
+    pub order_id: Option<OrderId>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovementKind {
+    Received,
+    Removed,
+    Reserved,
+    Released,
+    Shipped,
+    Returned,
+}
+
+impl MovementKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MovementKind::Received => "received",
+            MovementKind::Removed => "removed",
+            MovementKind::Reserved => "reserved",
+            MovementKind::Released => "released",
+            MovementKind::Shipped => "shipped",
+            MovementKind::Returned => "returned",
+        }
+    }
+}
+
+/// A stock row locked for update, by SKU and location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedStock {
+    pub sku: String,
+    pub location: String,
+    pub level: tally_domain::inventory::StockLevel,
+}
+
+/// Per SKU and location: the stored level and the sums of its movements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockReconciliation {
+    pub tenant_id: TenantId,
+    pub sku: String,
+    pub location: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// Sum of movements per kind, by `MovementKind::as_str`.
+    pub movements: BTreeMap<String, i64>,
+}
+
+/// One posting line of a journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostingRecord {
+    pub account: String,
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+/// A journal entry to write; `body` is the ledger crate's full serialized entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJournalEntry {
+    pub id: String,
+    pub kind: String,
+    pub pending_id: Option<String>,
+    pub order_id: Option<OrderId>,
+    pub postings: Vec<PostingRecord>,
+    pub body: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored journal entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntryRecord {
+    pub tenant_id: TenantId,
+    pub id: String,
+    pub kind: String,
+    pub pending_id: Option<String>,
+    pub order_id: Option<OrderId>,
+    pub body: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An audit record as inserted, before the relay seals it into its tenant's chain; `body` is
+/// the audit crate's serialized draft.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditRecord {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub at: DateTime<Utc>,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub body: serde_json::Value,
+}
+
+/// A stored audit record; `sequence`, `prev_hash` and `hash` are `None` until sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub sequence: Option<i64>,
+    pub at: DateTime<Utc>,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub body: serde_json::Value,
+    pub prev_hash: Option<Vec<u8>>,
+    pub hash: Option<Vec<u8>>,
+}
+
+/// An event a consumer group gave up on, with every failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub group: String,
+    pub event_id: EventId,
+    pub partition: u32,
+    pub position: i64,
+    pub event_type: String,
+    pub subject: String,
+    pub error: String,
+    /// `[{"at": …, "error": …}]`, oldest first.
+    pub attempts: serde_json::Value,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

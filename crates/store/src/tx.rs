@@ -13,7 +13,13 @@ use tally_domain::order::Order;
 use tally_domain::text::Code;
 
 use crate::StoreError;
-use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord};
+use tally_domain::checkout::Saga;
+use tally_domain::ids::{EventId, OrderId};
+
+use crate::records::{
+    DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement,
+};
 
 /// Prices per SKU, as order placement needs them.
 pub type CatalogPrices = HashMap<Sku, HashMap<Currency, Money>>;
@@ -72,21 +78,75 @@ pub trait Tx: Send {
         location: &Code,
         now: DateTime<Utc>,
     ) -> Result<Option<StockLevel>, StoreError>;
-    async fn update_stock_level(
-        &mut self,
-        tenant: TenantId,
-        sku: &Sku,
-        location: &Code,
-        level: StockLevel,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError>;
 
     /// Writes events to the outbox. Must be the last locking step of a transaction: it may wait
     /// for other transactions appending under the same partition keys, so that each key's
     /// events enter the log in commit order.
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError>;
+
+    /// Records that `group` applied `event`; `false` when it already had (a duplicate delivery).
+    async fn insert_inbox(
+        &mut self,
+        group: &str,
+        event: EventId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Moves a consumer group's offset in the effect's own transaction.
+    async fn set_consumer_offset(
+        &mut self,
+        group: &str,
+        partition: u32,
+        position: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError>;
+    /// Records a partner webhook delivery; `false` when it was applied before.
+    async fn insert_webhook_delivery(
+        &mut self,
+        source: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Locks an order and its saga state for the rest of the transaction.
+    async fn lock_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderState>, StoreError>;
+    async fn update_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Locks every stock row of `skus`, in (SKU, location) order so concurrent reservations
+    /// cannot deadlock.
+    async fn lock_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError>;
+    /// Writes a level read by `lock_stock` or `lock_stock_level`, with the movement that
+    /// explains the change.
+    async fn move_stock(
+        &mut self,
+        tenant: TenantId,
+        level: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<(), StoreError>;
+
+    /// Writes an entry and its postings; the database refuses one that does not balance.
+    async fn insert_journal_entry(
+        &mut self,
+        tenant: TenantId,
+        entry: &NewJournalEntry,
+    ) -> Result<(), StoreError>;
+    async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 

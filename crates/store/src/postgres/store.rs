@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use uuid::Uuid;
 
 use super::PgStore;
 use crate::records::*;
@@ -318,16 +319,13 @@ impl Store for PgStore {
         position: i64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        )
-        .bind(group)
-        .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
-        .bind(position)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(UPSERT_OFFSET)
+            .bind(group)
+            .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
+            .bind(position)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -337,9 +335,105 @@ impl Store for PgStore {
             .await?;
         Ok(pending)
     }
+
+    async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_LOG_EVENT} WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(log_event).transpose()
+    }
+
+    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
+        let found = sqlx::query("SELECT 1 FROM inbox WHERE group_name = $1 AND event_id = $2")
+            .bind(group)
+            .bind(event.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn dead_letters(
+        &self,
+        tenant: TenantId,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(status)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn dead_letter(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(dead_letter).transpose()
+    }
+
+    async fn set_dead_letter_status(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+        from: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE dead_letters SET status = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4 AND status = $5",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn dead_letters_to_retry(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE group_name = $1 AND status = 'retrying' ORDER BY position LIMIT $2"
+        ))
+        .bind(group)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
 }
 
-const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at FROM orders";
+pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
+
+pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
+
+pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
+    let Json(saga) = row.try_get("saga")?;
+    Ok(OrderState {
+        record: order_record(row)?,
+        saga,
+    })
+}
 
 fn order_record(row: &PgRow) -> Result<OrderRecord, StoreError> {
     let Json(lines): Json<Vec<LineRecord>> = row.try_get("lines")?;
@@ -377,5 +471,27 @@ fn log_event(row: &PgRow) -> Result<LogEvent, StoreError> {
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         traceparent: row.try_get("traceparent")?,
+    })
+}
+
+const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
+
+fn dead_letter(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
+    let partition: i32 = row.try_get("partition")?;
+    let Json(attempts) = row.try_get("attempts")?;
+    Ok(DeadLetterRecord {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
+        group: row.try_get("group_name")?,
+        event_id: EventId::from_uuid(row.try_get("event_id")?),
+        partition: u32::try_from(partition).map_err(|e| corrupt("partition", e))?,
+        position: row.try_get("position")?,
+        event_type: row.try_get("event_type")?,
+        subject: row.try_get("subject")?,
+        error: row.try_get("error")?,
+        attempts,
+        status: row.try_get("status")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
     })
 }

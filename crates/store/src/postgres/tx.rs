@@ -16,7 +16,13 @@ use uuid::Uuid;
 
 use super::{LOCK_CLASS_IDEMPOTENCY_KEY, LOCK_CLASS_PARTITION_KEY};
 use crate::log::key_lock_id;
-use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord, StoredResponse};
+use tally_domain::checkout::Saga;
+use tally_domain::ids::{EventId, OrderId};
+
+use crate::records::{
+    DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
+};
 use crate::tx::CatalogPrices;
 use crate::{StoreError, Tx, corrupt};
 
@@ -228,28 +234,6 @@ impl Tx for PgTx {
         .transpose()
     }
 
-    async fn update_stock_level(
-        &mut self,
-        tenant: TenantId,
-        sku: &Sku,
-        location: &Code,
-        level: StockLevel,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE stock_levels SET on_hand = $1, reserved = $2, updated_at = $3 WHERE tenant_id = $4 AND sku = $5 AND location = $6",
-        )
-        .bind(level.on_hand)
-        .bind(level.reserved)
-        .bind(now)
-        .bind(tenant.as_uuid())
-        .bind(sku.as_str())
-        .bind(location.as_str())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
@@ -314,6 +298,222 @@ impl Tx for PgTx {
         .bind(column(|e| e.correlation_id.clone()))
         .bind(column(|e| e.causation_id.clone()))
         .bind(column(|e| e.traceparent.clone()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_inbox(
+        &mut self,
+        group: &str,
+        event: EventId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO inbox (group_name, event_id, applied_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event.as_uuid())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_consumer_offset(
+        &mut self,
+        group: &str,
+        partition: u32,
+        position: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(super::store::UPSERT_OFFSET)
+            .bind(group)
+            .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
+            .bind(position)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
+             status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(letter.id)
+        .bind(letter.tenant_id.as_uuid())
+        .bind(&letter.group)
+        .bind(letter.event_id.as_uuid())
+        .bind(i32::try_from(letter.partition).map_err(|e| corrupt("partition", e))?)
+        .bind(letter.position)
+        .bind(&letter.event_type)
+        .bind(&letter.subject)
+        .bind(&letter.error)
+        .bind(Json(&letter.attempts))
+        .bind(&letter.status)
+        .bind(letter.created_at)
+        .bind(letter.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_webhook_delivery(
+        &mut self,
+        source: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(source)
+        .bind(delivery_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lock_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderState>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{} WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            super::store::SELECT_ORDER
+        ))
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(super::store::order_state).transpose()
+    }
+
+    async fn update_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE orders SET status = $1, saga = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
+            .bind(status)
+            .bind(Json(saga))
+            .bind(now)
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, reserved FROM stock_levels \
+             WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku, location FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(skus)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LockedStock {
+                    sku: row.try_get("sku")?,
+                    location: row.try_get("location")?,
+                    level: StockLevel {
+                        on_hand: row.try_get("on_hand")?,
+                        reserved: row.try_get("reserved")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn move_stock(
+        &mut self,
+        tenant: TenantId,
+        level: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH level AS ( \
+                 UPDATE stock_levels SET on_hand = $1, reserved = $2, updated_at = $3 \
+                 WHERE tenant_id = $4 AND sku = $5 AND location = $6 \
+             ) \
+             INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) \
+             VALUES ($4, $5, $6, $7, $8, $9, $3)",
+        )
+        .bind(level.on_hand)
+        .bind(level.reserved)
+        .bind(movement.at)
+        .bind(tenant.as_uuid())
+        .bind(&movement.sku)
+        .bind(&movement.location)
+        .bind(movement.kind.as_str())
+        .bind(movement.quantity)
+        .bind(movement.order_id.map(|id| id.as_uuid()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_journal_entry(
+        &mut self,
+        tenant: TenantId,
+        entry: &NewJournalEntry,
+    ) -> Result<(), StoreError> {
+        let accounts: Vec<&str> = entry.postings.iter().map(|p| p.account.as_str()).collect();
+        let currencies: Vec<&str> = entry.postings.iter().map(|p| p.currency.as_str()).collect();
+        let amounts: Vec<i64> = entry.postings.iter().map(|p| p.amount_minor).collect();
+        sqlx::query(
+            "INSERT INTO postings (tenant_id, entry_id, line, account, currency, amount_minor) \
+             SELECT $1, $2, line::int - 1, account, currency, amount \
+             FROM unnest($3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY AS p(account, currency, amount, line)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&entry.id)
+        .bind(accounts)
+        .bind(currencies)
+        .bind(amounts)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO journal_entries (tenant_id, id, kind, pending_id, body, order_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&entry.id)
+        .bind(&entry.kind)
+        .bind(entry.pending_id.as_deref())
+        .bind(Json(&entry.body))
+        .bind(entry.order_id.map(|id| id.as_uuid()))
+        .bind(entry.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(record.tenant_id.as_uuid())
+        .bind(record.id)
+        .bind(record.at)
+        .bind(Json(&record.body))
+        .bind(&record.entity_type)
+        .bind(&record.entity_id)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

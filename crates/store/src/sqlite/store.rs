@@ -295,25 +295,118 @@ impl Store for SqliteStore {
         position: i64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        )
-        .bind(group)
-        .bind(i64::from(partition))
-        .bind(position)
-        .bind(to_micros(now))
-        .execute(&self.writer)
-        .await?;
+        sqlx::query(UPSERT_OFFSET)
+            .bind(group)
+            .bind(i64::from(partition))
+            .bind(position)
+            .bind(to_micros(now))
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
         Ok(0)
     }
+
+    async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_LOG_EVENT} WHERE id = ?"))
+            .bind(id.as_uuid())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(log_event).transpose()
+    }
+
+    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
+        let found = sqlx::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
+            .bind(group)
+            .bind(event.as_uuid())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn dead_letters(
+        &self,
+        tenant: TenantId,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE tenant_id = ? AND (? IS NULL OR status = ?) ORDER BY created_at DESC LIMIT ?"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(status)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn dead_letter(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+    ) -> Result<Option<DeadLetterRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE tenant_id = ? AND id = ?"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(dead_letter).transpose()
+    }
+
+    async fn set_dead_letter_status(
+        &self,
+        tenant: TenantId,
+        id: Uuid,
+        from: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE dead_letters SET status = ?, updated_at = ? WHERE tenant_id = ? AND id = ? AND status = ?",
+        )
+        .bind(to)
+        .bind(to_micros(now))
+        .bind(tenant.as_uuid())
+        .bind(id)
+        .bind(from)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn dead_letters_to_retry(
+        &self,
+        group: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_DEAD_LETTER} WHERE group_name = ? AND status = 'retrying' ORDER BY position LIMIT ?"
+        ))
+        .bind(group)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
 }
 
-const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at FROM orders";
+pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES (?, ?, ?, ?) \
+     ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
+
+pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
+
+pub(super) fn order_state(row: &SqliteRow) -> Result<OrderState, StoreError> {
+    let saga: String = row.try_get("saga")?;
+    Ok(OrderState {
+        record: order_record(row)?,
+        saga: serde_json::from_str(&saga).map_err(|e| corrupt("saga", e))?,
+    })
+}
 
 fn order_record(row: &SqliteRow) -> Result<OrderRecord, StoreError> {
     let lines: String = row.try_get("lines")?;
@@ -353,5 +446,28 @@ fn log_event(row: &SqliteRow) -> Result<LogEvent, StoreError> {
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         traceparent: row.try_get("traceparent")?,
+    })
+}
+
+const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
+
+fn dead_letter(row: &SqliteRow) -> Result<DeadLetterRecord, StoreError> {
+    let partition: i64 = row.try_get("partition")?;
+    let attempts: String = row.try_get("attempts")?;
+    let attempts = serde_json::from_str(&attempts).map_err(|e| corrupt("attempts", e))?;
+    Ok(DeadLetterRecord {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
+        group: row.try_get("group_name")?,
+        event_id: EventId::from_uuid(row.try_get("event_id")?),
+        partition: u32::try_from(partition).map_err(|e| corrupt("partition", e))?,
+        position: row.try_get("position")?,
+        event_type: row.try_get("event_type")?,
+        subject: row.try_get("subject")?,
+        error: row.try_get("error")?,
+        attempts,
+        status: row.try_get("status")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
     })
 }

@@ -10,7 +10,13 @@ use tally_domain::inventory::StockLevel;
 use tally_domain::order::Order;
 use tally_domain::text::Code;
 
-use crate::records::{IdempotencyRecord, NewEvent, NewIdempotencyRecord, StoredResponse};
+use tally_domain::checkout::Saga;
+use tally_domain::ids::{EventId, OrderId};
+
+use crate::records::{
+    DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
+};
 use crate::tx::CatalogPrices;
 use crate::{StoreError, Tx, corrupt, from_micros, to_micros};
 
@@ -207,28 +213,6 @@ impl Tx for SqliteTx {
         .transpose()
     }
 
-    async fn update_stock_level(
-        &mut self,
-        tenant: TenantId,
-        sku: &Sku,
-        location: &Code,
-        level: StockLevel,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE stock_levels SET on_hand = ?, reserved = ?, updated_at = ? WHERE tenant_id = ? AND sku = ? AND location = ?",
-        )
-        .bind(level.on_hand)
-        .bind(level.reserved)
-        .bind(to_micros(now))
-        .bind(tenant.as_uuid())
-        .bind(sku.as_str())
-        .bind(location.as_str())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
         let lines = serde_json::to_string(&order.lines).map_err(|e| corrupt("order lines", e))?;
         let address =
@@ -275,6 +259,228 @@ impl Tx for SqliteTx {
             .execute(&mut *self.tx)
             .await?;
         }
+        Ok(())
+    }
+
+    async fn insert_inbox(
+        &mut self,
+        group: &str,
+        event: EventId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO inbox (group_name, event_id, applied_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(event.as_uuid())
+        .bind(to_micros(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_consumer_offset(
+        &mut self,
+        group: &str,
+        partition: u32,
+        position: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(super::store::UPSERT_OFFSET)
+            .bind(group)
+            .bind(i64::from(partition))
+            .bind(position)
+            .bind(to_micros(now))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
+             status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(letter.id)
+        .bind(letter.tenant_id.as_uuid())
+        .bind(&letter.group)
+        .bind(letter.event_id.as_uuid())
+        .bind(i64::from(letter.partition))
+        .bind(letter.position)
+        .bind(&letter.event_type)
+        .bind(&letter.subject)
+        .bind(&letter.error)
+        .bind(letter.attempts.to_string())
+        .bind(&letter.status)
+        .bind(to_micros(letter.created_at))
+        .bind(to_micros(letter.updated_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_webhook_delivery(
+        &mut self,
+        source: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(source)
+        .bind(delivery_id)
+        .bind(to_micros(now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lock_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderState>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{} WHERE tenant_id = ? AND id = ?",
+            super::store::SELECT_ORDER
+        ))
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(super::store::order_state).transpose()
+    }
+
+    async fn update_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let saga = serde_json::to_string(saga).map_err(|e| corrupt("saga", e))?;
+        sqlx::query(
+            "UPDATE orders SET status = ?, saga = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(status)
+        .bind(saga)
+        .bind(to_micros(now))
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        let list = serde_json::Value::from(skus.to_vec()).to_string();
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, reserved FROM stock_levels \
+             WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku, location",
+        )
+        .bind(tenant.as_uuid())
+        .bind(list)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LockedStock {
+                    sku: row.try_get("sku")?,
+                    location: row.try_get("location")?,
+                    level: StockLevel {
+                        on_hand: row.try_get("on_hand")?,
+                        reserved: row.try_get("reserved")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn move_stock(
+        &mut self,
+        tenant: TenantId,
+        level: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE stock_levels SET on_hand = ?, reserved = ?, updated_at = ? WHERE tenant_id = ? AND sku = ? AND location = ?",
+        )
+        .bind(level.on_hand)
+        .bind(level.reserved)
+        .bind(to_micros(movement.at))
+        .bind(tenant.as_uuid())
+        .bind(&movement.sku)
+        .bind(&movement.location)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&movement.sku)
+        .bind(&movement.location)
+        .bind(movement.kind.as_str())
+        .bind(movement.quantity)
+        .bind(movement.order_id.map(|id| id.as_uuid()))
+        .bind(to_micros(movement.at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_journal_entry(
+        &mut self,
+        tenant: TenantId,
+        entry: &NewJournalEntry,
+    ) -> Result<(), StoreError> {
+        for (line, posting) in entry.postings.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO postings (tenant_id, entry_id, line, account, currency, amount_minor) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(tenant.as_uuid())
+            .bind(&entry.id)
+            .bind(i64::try_from(line).unwrap_or(i64::MAX))
+            .bind(&posting.account)
+            .bind(&posting.currency)
+            .bind(posting.amount_minor)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO journal_entries (tenant_id, id, kind, pending_id, body, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&entry.id)
+        .bind(&entry.kind)
+        .bind(entry.pending_id.as_deref())
+        .bind(entry.body.to_string())
+        .bind(entry.order_id.map(|id| id.as_uuid()))
+        .bind(to_micros(entry.created_at))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(record.tenant_id.as_uuid())
+        .bind(record.id)
+        .bind(to_micros(record.at))
+        .bind(record.body.to_string())
+        .bind(&record.entity_type)
+        .bind(&record.entity_id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

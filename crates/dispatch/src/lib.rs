@@ -1,0 +1,154 @@
+//! Dispatchers: consumer groups over the log that apply each event's effect exactly once.
+//!
+//! Delivery is at-least-once; exactness comes from the effect's own transaction, which also
+//! records the event in the group's inbox and moves the group's offset past it. A duplicate
+//! delivery finds the event in the inbox and does nothing. Partner calls made before that
+//! transaction carry idempotency keys derived from (group, event id, step), so a call repeated
+//! after a crash is applied by the partner once.
+//!
+//! Each partition is consumed by its own task, in position order, so one key's events are
+//! applied in order and a slow key holds up only its own partition. A failing event is retried
+//! with capped exponential backoff and full jitter; a permanent failure, or the last failed
+//! attempt, becomes a dead letter and the partition moves on.
+//!
+//! # Layout
+//!
+//! - [`Handler`] and [`Delivery`]: what a consumer group implements and the transaction helper
+//!   it is handed.
+//! - [`Dispatcher`]: the partition loops and the dead-letter retry loop.
+//! - [`backoff`]: the retry delays.
+
+mod backoff;
+mod runner;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tally_domain::clock::Clock;
+use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError, Tx};
+
+pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_delay};
+pub use runner::Dispatcher;
+
+/// Why applying an event failed, and so whether to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectError {
+    /// Might succeed later: a partner timed out or answered 5xx, the store was unavailable.
+    Transient(String),
+    /// Will fail the same way every time: a malformed event, a partner refusing the request.
+    Permanent(String),
+}
+
+impl From<StoreError> for EffectError {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            EffectError::Transient(error.to_string())
+        } else {
+            // Serialization failures and deadlocks surface as database errors too; they are
+            // worth another attempt, and a real bug exhausts the attempts and dead-letters.
+            EffectError::Transient(format!("store: {error}"))
+        }
+    }
+}
+
+impl std::fmt::Display for EffectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EffectError::Transient(e) => write!(f, "transient: {e}"),
+            EffectError::Permanent(e) => write!(f, "permanent: {e}"),
+        }
+    }
+}
+
+/// A consumer group's behaviour.
+#[async_trait]
+pub trait Handler: Send + Sync + std::fmt::Debug {
+    /// The group's name: offsets, inbox rows and dead letters are kept under it.
+    fn group(&self) -> &'static str;
+
+    /// Whether the group acts on events of this type; others are passed over.
+    fn wants(&self, event_type: &str) -> bool;
+
+    /// Applies `event`: partner calls first (idempotently), then one transaction opened with
+    /// [`Delivery::begin`] and closed with [`Delivery::finish`].
+    async fn handle(&self, event: &LogEvent, delivery: &Delivery) -> Result<(), EffectError>;
+}
+
+/// The transaction helper of one delivery of one event.
+#[derive(Debug)]
+pub struct Delivery {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    group: &'static str,
+    event: LogEvent,
+    /// `None` for a delivery from the partition; the letter for the retry of a dead letter,
+    /// which must not move the offset (the partition is past it already) and is marked
+    /// retried in the effect's transaction.
+    dead_letter: Option<DeadLetterRecord>,
+}
+
+impl Delivery {
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The idempotency key of `step` of this delivery, for partner calls.
+    pub fn idempotency_key(&self, step: &str) -> String {
+        format!("{}:{}:{step}", self.group, self.event.id)
+    }
+
+    /// Begins the effect's transaction and claims the event in the group's inbox. `None` means
+    /// the event was applied already: the handler must stop, changing nothing.
+    pub async fn begin(&self) -> Result<Option<Box<dyn Tx>>, EffectError> {
+        let mut tx = self.store.begin().await?;
+        if tx
+            .insert_inbox(self.group, self.event.id, self.clock.now())
+            .await?
+        {
+            return Ok(Some(tx));
+        }
+        match &self.dead_letter {
+            // A retried letter whose event was applied meanwhile is settled, not retried again.
+            Some(letter) => {
+                let retried = DeadLetterRecord {
+                    status: "retried".to_owned(),
+                    updated_at: self.clock.now(),
+                    ..letter.clone()
+                };
+                tx.upsert_dead_letter(&retried).await?;
+                tx.commit().await?;
+            }
+            None => tx.rollback().await?,
+        }
+        Ok(None)
+    }
+
+    /// Moves the offset past the event (for a delivery from the partition) and commits.
+    pub async fn finish(&self, mut tx: Box<dyn Tx>) -> Result<(), EffectError> {
+        match &self.dead_letter {
+            None => {
+                tx.set_consumer_offset(
+                    self.group,
+                    self.event.partition,
+                    self.event.position,
+                    self.clock.now(),
+                )
+                .await?;
+            }
+            Some(letter) => {
+                let retried = DeadLetterRecord {
+                    status: "retried".to_owned(),
+                    updated_at: self.clock.now(),
+                    ..letter.clone()
+                };
+                tx.upsert_dead_letter(&retried).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

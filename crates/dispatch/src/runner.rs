@@ -1,0 +1,228 @@
+//! The partition loops and the dead-letter retry loop of one consumer group.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tally_domain::clock::Clock;
+use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, retry_delay};
+
+/// Events read from a partition at once; bounds memory and the length of one read.
+pub const BATCH_COUNT_MAX: u32 = 200;
+/// How often an idle partition looks for new events when no wake-up arrives.
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often the group looks for dead letters an operator asked to retry.
+pub const RETRY_POLL: Duration = Duration::from_millis(500);
+/// How long to wait after the store failed before reading again.
+pub const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One consumer group, running.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    handler: Arc<dyn Handler>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, handler: Arc<dyn Handler>) -> Self {
+        Self {
+            store,
+            clock,
+            handler,
+        }
+    }
+
+    /// Consumes every partition until `shutdown`. `logged` wakes idle partitions when new events
+    /// enter the log.
+    pub async fn run(self, logged: Arc<Notify>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for partition in 0..self.store.log_partitions() {
+            let this = self.clone();
+            let (logged, shutdown) = (Arc::clone(&logged), shutdown.clone());
+            tasks.spawn(async move { this.partition_loop(partition, logged, shutdown).await });
+        }
+        let this = self.clone();
+        let retry_shutdown = shutdown.clone();
+        tasks.spawn(async move { this.retry_loop(retry_shutdown).await });
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn partition_loop(
+        &self,
+        partition: u32,
+        logged: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let group = self.handler.group();
+        while !shutdown.is_cancelled() {
+            let wait = match self.consume_batch(partition, &shutdown).await {
+                Ok(0) => IDLE_POLL,
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::warn!(group, partition, %error, "consumer could not read the log; retrying");
+                    STORE_ERROR_BACKOFF
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = logged.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Applies the next batch of one partition; returns how many events it read.
+    async fn consume_batch(
+        &self,
+        partition: u32,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let group = self.handler.group();
+        let offset = self.store.consumer_offset(group, partition).await?;
+        let events = self
+            .store
+            .read_log(Some(partition), offset, BATCH_COUNT_MAX)
+            .await?;
+        let mut passed_over = None;
+        for event in &events {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if !self.handler.wants(&event.event_type)
+                || self.store.inbox_contains(group, event.id).await?
+            {
+                passed_over = Some(event.position);
+                continue;
+            }
+            passed_over = None;
+            self.apply(event.clone(), shutdown).await?;
+        }
+        if let Some(position) = passed_over {
+            self.store
+                .commit_consumer_offset(group, partition, position, self.clock.now())
+                .await?;
+        }
+        Ok(events.len())
+    }
+
+    /// Applies one event from its partition, retrying; dead-letters it when that fails.
+    async fn apply(&self, event: LogEvent, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let delivery = Delivery {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            group: self.handler.group(),
+            event: event.clone(),
+            dead_letter: None,
+        };
+        let mut failures = Vec::new();
+        for attempt in 1..=ATTEMPTS_MAX {
+            match self.handler.handle(&event, &delivery).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    let permanent = matches!(error, EffectError::Permanent(_));
+                    failures.push(json!({"at": self.clock.now(), "error": error.to_string()}));
+                    if permanent || attempt == ATTEMPTS_MAX {
+                        break;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(retry_delay(attempt)) => {}
+                    }
+                }
+            }
+        }
+        self.dead_letter(&event, failures).await
+    }
+
+    /// Parks an event the group could not apply and moves the partition past it, in one
+    /// transaction.
+    async fn dead_letter(
+        &self,
+        event: &LogEvent,
+        failures: Vec<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let group = self.handler.group();
+        let now = self.clock.now();
+        let error = failures
+            .last()
+            .and_then(|f| f["error"].as_str())
+            .unwrap_or("unknown")
+            .to_owned();
+        tracing::error!(group, event_id = %event.id, event_type = %event.event_type, %error, "event dead-lettered");
+        let letter = DeadLetterRecord {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: event.tenant_id,
+            group: group.to_owned(),
+            event_id: event.id,
+            partition: event.partition,
+            position: event.position,
+            event_type: event.event_type.clone(),
+            subject: event.subject.clone(),
+            error,
+            attempts: serde_json::Value::Array(failures),
+            status: "open".to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.store.begin().await?;
+        tx.upsert_dead_letter(&letter).await?;
+        tx.set_consumer_offset(group, event.partition, event.position, now)
+            .await?;
+        tx.commit().await
+    }
+
+    /// Re-applies dead letters an operator asked to retry (status `retrying`).
+    async fn retry_loop(&self, shutdown: CancellationToken) {
+        let group = self.handler.group();
+        while !shutdown.is_cancelled() {
+            if let Err(error) = self.retry_requested().await {
+                tracing::warn!(group, %error, "dead-letter retry failed; will try again");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_POLL) => {}
+            }
+        }
+    }
+
+    async fn retry_requested(&self) -> Result<(), StoreError> {
+        let group = self.handler.group();
+        for letter in self
+            .store
+            .dead_letters_to_retry(group, BATCH_COUNT_MAX)
+            .await?
+        {
+            let Some(event) = self.store.event(letter.event_id).await? else {
+                continue;
+            };
+            let delivery = Delivery {
+                store: Arc::clone(&self.store),
+                clock: Arc::clone(&self.clock),
+                group,
+                event: event.clone(),
+                dead_letter: Some(letter.clone()),
+            };
+            if let Err(error) = self.handler.handle(&event, &delivery).await {
+                let mut attempts = letter.attempts.as_array().cloned().unwrap_or_default();
+                attempts.push(json!({"at": self.clock.now(), "error": error.to_string()}));
+                let reopened = DeadLetterRecord {
+                    status: "open".to_owned(),
+                    error: error.to_string(),
+                    attempts: serde_json::Value::Array(attempts),
+                    updated_at: self.clock.now(),
+                    ..letter
+                };
+                let mut tx = self.store.begin().await?;
+                tx.upsert_dead_letter(&reopened).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
