@@ -34,6 +34,9 @@ pub struct Saga {
     pub tracking_number: Option<String>,
     pub refund_id: Option<String>,
     pub cancel_reason: Option<String>,
+    /// A client asked to cancel: steps stop calling partners and the saga cancels next.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// No location can cover a line.
@@ -71,13 +74,21 @@ pub fn choose_reservations(
         .collect()
 }
 
-/// Whether a customer or operator may still cancel an order in `status`: only before the
-/// payment is captured. After capture the order runs to delivery and is returned instead.
+/// Whether a customer or operator may still cancel an order in `status`: until it is handed
+/// to the carrier. After that it runs to delivery and is returned instead.
 pub const fn cancellable(status: OrderStatus) -> bool {
     matches!(
         status,
-        OrderStatus::Placed | OrderStatus::Reserved | OrderStatus::Authorized
+        OrderStatus::Placed
+            | OrderStatus::Reserved
+            | OrderStatus::Authorized
+            | OrderStatus::Captured
     )
+}
+
+/// Whether an order in `status` can be returned for a refund.
+pub const fn returnable(status: OrderStatus) -> bool {
+    matches!(status, OrderStatus::Delivered | OrderStatus::Completed)
 }
 
 /// Whether `status` is final: the saga takes no further step.

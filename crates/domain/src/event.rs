@@ -20,9 +20,8 @@ pub enum EventType {
     OrderCancelled,
     OrderReturned,
     OrderRefunded,
-    /// A partner effect must be undone (an authorization to void) after the order moved on
-    /// without it, such as a cancellation racing an authorization.
-    OrderCompensationRequired,
+    /// A client asked to cancel; the saga cancels at its next step, undoing what it did.
+    OrderCancellationRequested,
 }
 
 impl EventType {
@@ -40,7 +39,7 @@ impl EventType {
         EventType::OrderCancelled,
         EventType::OrderReturned,
         EventType::OrderRefunded,
-        EventType::OrderCompensationRequired,
+        EventType::OrderCancellationRequested,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -58,7 +57,7 @@ impl EventType {
             EventType::OrderCancelled => "tally.order.cancelled.v1",
             EventType::OrderReturned => "tally.order.returned.v1",
             EventType::OrderRefunded => "tally.order.refunded.v1",
-            EventType::OrderCompensationRequired => "tally.order.compensation_required.v1",
+            EventType::OrderCancellationRequested => "tally.order.cancellation_requested.v1",
         }
     }
 
@@ -78,7 +77,7 @@ impl EventType {
             | EventType::OrderCancelled
             | EventType::OrderReturned
             | EventType::OrderRefunded
-            | EventType::OrderCompensationRequired => "order",
+            | EventType::OrderCancellationRequested => "order",
         }
     }
 

@@ -14,7 +14,7 @@ use tally_domain::catalog::{NewProduct, Product, Sku};
 use tally_domain::clock::Clock;
 use tally_domain::event::EventDraft;
 use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
-use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use tally_domain::ids::{ApiKeyId, OrderId, ProductId, TenantId};
 use tally_domain::inventory::{Adjustment, StockLevel};
 use tally_domain::order::{NewOrder, Order, PlacementRefused};
 use tally_domain::text::Code;
@@ -238,21 +238,12 @@ impl Commands {
         draft: EventDraft,
         now: DateTime<Utc>,
     ) -> NewEvent {
-        let partition = crate::log::partition_of(&draft.partition_key, self.store.log_partitions());
-        NewEvent {
-            id: EventId::generate(),
-            tenant_id: ctx.tenant,
-            event_type: draft.event_type.as_str(),
-            source: format!("/tally/{}", draft.event_type.category()),
-            subject: draft.subject,
-            partition_key: draft.partition_key,
-            partition,
-            time: now,
-            data: draft.data,
+        let causes = crate::log::Causes {
             correlation_id: Some(ctx.request_id.to_owned()),
             causation_id: Some(format!("idempotency-key:{}", ctx.key.as_str())),
             traceparent: ctx.traceparent.map(str::to_owned),
-        }
+        };
+        crate::log::envelope(draft, ctx.tenant, self.store.log_partitions(), now, &causes)
     }
 }
 

@@ -13,12 +13,14 @@
 //! - [`log`]: the partition function and the shape of log reads shared by both engines.
 //! - [`sqlite`] and [`postgres`]: the two engines, each with its migrations under `migrations/`.
 
+pub mod audit;
 mod codec;
 pub mod command;
 pub mod log;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
+pub mod stock;
 pub mod tx;
 
 use std::sync::Arc;

@@ -1,6 +1,11 @@
 //! What both engines' logs share: how a partition key maps to a partition and to a lock.
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use tally_domain::event::EventDraft;
+use tally_domain::ids::{EventId, TenantId};
+
+use crate::records::NewEvent;
 
 /// A stable 64-bit hash of a partition key. Stable across processes, versions and machines:
 /// partitions of rows already written depend on it.
@@ -23,6 +28,38 @@ pub fn partition_of(partition_key: &str, partitions: u32) -> u32 {
 pub fn key_lock_id(partition_key: &str) -> i32 {
     // Keep the low 32 bits; collisions only make two keys wait for each other.
     (key_hash(partition_key) & 0xFFFF_FFFF) as u32 as i32
+}
+
+/// Why an event happened: the request or event that caused it, and the trace it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Causes {
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// Wraps a decision's draft into a CloudEvents envelope for the outbox.
+pub fn envelope(
+    draft: EventDraft,
+    tenant: TenantId,
+    partitions: u32,
+    now: DateTime<Utc>,
+    causes: &Causes,
+) -> NewEvent {
+    NewEvent {
+        id: EventId::generate(),
+        tenant_id: tenant,
+        event_type: draft.event_type.as_str(),
+        source: format!("/tally/{}", draft.event_type.category()),
+        partition: partition_of(&draft.partition_key, partitions),
+        subject: draft.subject,
+        partition_key: draft.partition_key,
+        time: now,
+        data: draft.data,
+        correlation_id: causes.correlation_id.clone(),
+        causation_id: causes.causation_id.clone(),
+        traceparent: causes.traceparent.clone(),
+    }
 }
 
 #[cfg(test)]

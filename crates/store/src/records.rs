@@ -109,6 +109,8 @@ pub struct OrderRecord {
     pub status: String,
     pub lines: Vec<LineRecord>,
     pub shipping_address: AddressRecord,
+    /// What the checkout saga has done for the order.
+    pub saga: tally_domain::checkout::Saga,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -167,7 +169,8 @@ pub struct LogEvent {
     pub traceparent: Option<String>,
 }
 
-/// An order with the saga's state, locked for the rest of a transaction.
+/// An order locked for the rest of a transaction; `saga` is the copy a step changes before
+/// writing it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderState {
     pub record: OrderRecord,

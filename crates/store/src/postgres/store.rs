@@ -428,17 +428,19 @@ pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
 pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
-    let Json(saga) = row.try_get("saga")?;
+    let record = order_record(row)?;
     Ok(OrderState {
-        record: order_record(row)?,
-        saga,
+        saga: record.saga.clone(),
+        record,
     })
 }
 
 fn order_record(row: &PgRow) -> Result<OrderRecord, StoreError> {
     let Json(lines): Json<Vec<LineRecord>> = row.try_get("lines")?;
     let Json(shipping_address): Json<AddressRecord> = row.try_get("shipping_address")?;
+    let Json(saga) = row.try_get("saga")?;
     Ok(OrderRecord {
+        saga,
         id: OrderId::from_uuid(row.try_get("id")?),
         channel: row.try_get("channel")?,
         customer_id: row.try_get("customer_id")?,

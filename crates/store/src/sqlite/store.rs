@@ -401,17 +401,19 @@ pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
 pub(super) fn order_state(row: &SqliteRow) -> Result<OrderState, StoreError> {
-    let saga: String = row.try_get("saga")?;
+    let record = order_record(row)?;
     Ok(OrderState {
-        record: order_record(row)?,
-        saga: serde_json::from_str(&saga).map_err(|e| corrupt("saga", e))?,
+        saga: record.saga.clone(),
+        record,
     })
 }
 
 fn order_record(row: &SqliteRow) -> Result<OrderRecord, StoreError> {
     let lines: String = row.try_get("lines")?;
     let address: String = row.try_get("shipping_address")?;
+    let saga: String = row.try_get("saga")?;
     Ok(OrderRecord {
+        saga: serde_json::from_str(&saga).map_err(|e| corrupt("saga", e))?,
         id: OrderId::from_uuid(row.try_get::<Uuid, _>("id")?),
         channel: row.try_get("channel")?,
         customer_id: row.try_get("customer_id")?,
