@@ -30,6 +30,11 @@ pub const PURGE_BATCH_COUNT_MAX: u32 = 1_000;
 /// How often expired keys are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The body of an action that takes no parameters: empty, or `{}`.
+#[derive(Debug, serde::Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoBody {}
+
 /// A parsed mutating request: its key, its typed body and the body's fingerprint.
 #[derive(Debug)]
 pub struct CommandRequest<T> {
@@ -49,15 +54,19 @@ where
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let key = idempotency_key(&parts.headers)?;
-        if !is_json(&parts.headers) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
         let limit_bytes = state.inner.config.body_bytes_max;
         let bytes = axum::body::to_bytes(body, limit_bytes)
             .await
             .map_err(|_| ApiError::PayloadTooLarge { limit_bytes })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+        // An action without parameters (cancel, return) may be sent with no body at all.
+        let value: serde_json::Value = if bytes.is_empty() {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else if !is_json(&parts.headers) {
+            return Err(ApiError::UnsupportedMediaType);
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?
+        };
         let body: T = serde_path_to_error::deserialize(value).map_err(|e| {
             ApiError::Invalid(vec![FieldError {
                 pointer: json_pointer(e.path()),

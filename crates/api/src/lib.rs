@@ -43,6 +43,8 @@ pub const IDEMPOTENCY_RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 60 
 pub struct ApiConfig {
     pub idempotency_retention: Duration,
     pub body_bytes_max: usize,
+    /// The secret the carrier signs its webhooks with.
+    pub carrier_webhook_secret: String,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +52,7 @@ impl Default for ApiConfig {
         Self {
             idempotency_retention: IDEMPOTENCY_RETENTION_DEFAULT,
             body_bytes_max: BODY_BYTES_MAX,
+            carrier_webhook_secret: tally_sandbox::SandboxConfig::default().webhook_secret,
         }
     }
 }
@@ -63,6 +66,7 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     commands: Commands,
     keys: moka::sync::Cache<[u8; 32], ApiKeyRecord>,
     config: ApiConfig,
@@ -70,7 +74,11 @@ struct Inner {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
-        let commands = Commands::new(Arc::clone(&store), clock, config.idempotency_retention);
+        let commands = Commands::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.idempotency_retention,
+        );
         let keys = moka::sync::Cache::builder()
             .max_capacity(auth::KEY_CACHE_COUNT_MAX)
             .time_to_live(auth::KEY_CACHE_TTL)
@@ -78,6 +86,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 store,
+                clock,
                 commands,
                 keys,
                 config,
@@ -107,6 +116,18 @@ pub fn router(state: AppState) -> Router {
             post(routes::orders::place_order).get(routes::orders::list_orders),
         )
         .route("/v1/orders/{id}", get(routes::orders::get_order))
+        .route("/v1/orders/{id}/cancel", post(routes::orders::cancel_order))
+        .route("/v1/orders/{id}/return", post(routes::orders::return_order))
+        .route("/v1/webhooks/carrier", post(routes::webhooks::carrier))
+        .route("/v1/dead-letters", get(routes::dead_letters::list))
+        .route(
+            "/v1/dead-letters/{id}/retry",
+            post(routes::dead_letters::retry),
+        )
+        .route(
+            "/v1/dead-letters/{id}/discard",
+            post(routes::dead_letters::discard),
+        )
         .route("/livez", get(routes::health::livez))
         .route("/readyz", get(routes::health::readyz))
         .merge(openapi::swagger_ui())

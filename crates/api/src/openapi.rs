@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{health, inventory, orders, products};
+use crate::routes::{dead_letters, health, inventory, orders, products, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,6 +14,9 @@ use crate::routes::{health, inventory, orders, products};
         products::create_product, products::get_product,
         inventory::adjust, inventory::get_inventory,
         orders::place_order, orders::get_order, orders::list_orders,
+        orders::cancel_order, orders::return_order,
+        webhooks::carrier,
+        dead_letters::list, dead_letters::retry, dead_letters::discard,
         health::livez, health::readyz,
     ),
     components(schemas(crate::problem::Problem, crate::problem::FieldError)),
@@ -22,6 +25,8 @@ use crate::routes::{health, inventory, orders, products};
         (name = "catalog", description = "Products, variants and prices (scope 'admin')"),
         (name = "inventory", description = "Stock per SKU and location (scope 'admin')"),
         (name = "orders", description = "Order intake and queries (scope 'orders')"),
+        (name = "operations", description = "Dead letters (scope 'admin')"),
+        (name = "webhooks", description = "Signed partner webhooks"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

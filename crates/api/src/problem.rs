@@ -64,6 +64,15 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("webhook rejected: {0}")]
+    WebhookRejected(String),
+    #[error("not ready")]
+    NotReady,
+    #[error("dead letter is {status}")]
+    DeadLetterState {
+        status: String,
+        wanted: &'static str,
+    },
     #[error("refused: {0:?}")]
     Refused(Refusal),
     #[error("store unavailable: {0}")]
@@ -98,6 +107,9 @@ impl ApiError {
             ApiError::InvalidQuery(detail) => (S::BAD_REQUEST, "invalid-query", "Invalid query", detail.clone()),
             ApiError::NotFound(what) => (S::NOT_FOUND, "not-found", "Not found", format!("no such {what}")),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "this route does not support the request's method".into()),
+            ApiError::WebhookRejected(reason) => (S::UNAUTHORIZED, "webhook-signature", "Webhook rejected", format!("the webhook's signature does not verify: {reason}")),
+            ApiError::NotReady => (S::CONFLICT, "not-ready", "Not ready", "the order is not at the step this update follows yet; deliver it again later".into()),
+            ApiError::DeadLetterState { status, wanted } => (S::CONFLICT, "dead-letter-state", "Dead letter cannot change", format!("the letter is {status} and cannot become {wanted}")),
             ApiError::Refused(refusal) => refusal_parts(refusal),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", "the store is not reachable; retry later".into()),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "the request failed on the server; it has been logged".into()),
@@ -144,6 +156,26 @@ fn refusal_parts(refusal: &Refusal) -> (StatusCode, &'static str, &'static str, 
             "no-price",
             "No price in currency",
             format!("SKU(s) {} have no price in {currency}", skus_list(skus)),
+        ),
+        Refusal::OrderNotFound => (
+            S::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "no such order".into(),
+        ),
+        Refusal::NotCancellable { status } => (
+            S::CONFLICT,
+            "not-cancellable",
+            "Order cannot be cancelled",
+            format!(
+                "the order is {status}; orders can be cancelled until they are handed to the carrier"
+            ),
+        ),
+        Refusal::NotReturnable { status } => (
+            S::CONFLICT,
+            "not-returnable",
+            "Order cannot be returned",
+            format!("the order is {status}; only delivered or completed orders can be returned"),
         ),
         Refusal::Placement(PlacementRefused::TotalTooLarge) => (
             S::UNPROCESSABLE_ENTITY,
@@ -209,7 +241,7 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::CONFLICT if slug == "idempotency-key-in-flight" => {
+            StatusCode::CONFLICT if slug == "idempotency-key-in-flight" || slug == "not-ready" => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(IN_FLIGHT_RETRY_AFTER_SECONDS),

@@ -65,7 +65,7 @@ pub struct AuditDraft {
 }
 
 /// A sealed audit record. The fields are public because a record read back from the store is
-/// untrusted data: [`crate::verify`] recomputes every hash rather than believing `hash`.
+/// untrusted data: [`crate::verify()`] recomputes every hash rather than believing `hash`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub tenant_id: Uuid,
@@ -168,7 +168,11 @@ pub fn seal(draft: AuditDraft, sequence: i64, prev_hash: Hash) -> AuditRecord {
 
 /// Seals a draft as the record after `head`.
 pub fn seal_after(head: &ChainHead, draft: AuditDraft) -> AuditRecord {
-    assert!(head.sequence >= 0, "chain head sequence {} is negative", head.sequence);
+    assert!(
+        head.sequence >= 0,
+        "chain head sequence {} is negative",
+        head.sequence
+    );
     assert!(head.sequence < i64::MAX, "the audit chain is full");
     seal(draft, head.sequence + 1, head.hash)
 }
@@ -225,7 +229,10 @@ mod tests {
         assert_ne!(record.hash, GENESIS_PREV_HASH);
         let next = seal_after(&record.head(), draft());
         assert_eq!((next.sequence, next.prev_hash), (2, record.hash));
-        assert_ne!(next.hash, record.hash, "the same content at another place hashes apart");
+        assert_ne!(
+            next.hash, record.hash,
+            "the same content at another place hashes apart"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tally_domain::ids::OrderId;
 use tally_domain::money::Currency;
 use tally_domain::order::OrderStatus;
 use tally_ledger::{EntryKind, JournalEntry, payment};
-use tally_store::audit::{Actor, Cause, Change};
+use tally_store::audit::{Actor, Change, cause_of};
 use tally_store::log::{Causes, envelope};
 use tally_store::{LogEvent, NewJournalEntry, OrderState, PostingRecord, Tx};
 
@@ -211,7 +211,7 @@ impl<'a> Step<'a> {
         };
         let actor = Actor::System(CHECKOUT_GROUP.to_owned());
         let audit =
-            tally_store::audit::record(tenant, self.now, actor, change, Cause::event(self.event));
+            tally_store::audit::record(tenant, self.now, actor, change, cause_of(self.event));
         tx.insert_audit(&audit).await?;
         tx.append_events(&events).await?;
         delivery.finish(tx).await

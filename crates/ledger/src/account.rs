@@ -50,7 +50,9 @@ impl AccountId {
         }
         for segment in raw.split(':') {
             if segment.is_empty() || segment.len() > ACCOUNT_SEGMENT_BYTES_MAX {
-                return Err(invalid("has a segment that is empty or longer than 64 bytes"));
+                return Err(invalid(
+                    "has a segment that is empty or longer than 64 bytes",
+                ));
             }
             let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
             if !segment.chars().all(allowed) {

@@ -6,7 +6,6 @@
 //! overflow the check itself.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use tally_domain::ids::OrderId;
 use tally_domain::money::Currency;
@@ -32,42 +31,56 @@ pub enum Figure {
 }
 
 /// A broken ledger invariant, naming the entry, account or order where it was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {
     /// A stored entry that [`JournalEntry::from_parts`] refused. The store builds this variant
     /// while reading rows, so one report covers rows that are not even entries.
+    #[error("entry '{entry_id}' is malformed: {error}")]
     Malformed {
         entry_id: String,
         error: LedgerError,
     },
     /// An entry whose postings do not sum to zero in `currency`.
+    #[error("entry '{entry_id}' does not balance: its {currency} postings sum to {sum_minor}")]
     Unbalanced {
         entry_id: String,
         currency: Currency,
         sum_minor: i128,
     },
     /// Two entries share an id, which must be unique (it is the idempotency key).
+    #[error("entry id '{entry_id}' is used by more than one entry")]
     DuplicateId { entry_id: String },
     /// The whole ledger's `figure` does not sum to zero in `currency`.
+    #[error("{figure:?} balances in {currency} sum to {sum_minor} across the ledger, not zero")]
     CurrencyNotZero {
         currency: Currency,
         figure: Figure,
         sum_minor: i128,
     },
     /// A post or void refers to an entry id that is not in the ledger.
+    #[error("entry '{entry_id}' resolves pending entry '{pending_id}', which does not exist")]
     UnknownPending {
         entry_id: String,
         pending_id: String,
     },
     /// A post or void refers to an entry that is not pending.
+    #[error("entry '{entry_id}' resolves entry '{target_id}', which is not pending")]
     NotPending { entry_id: String, target_id: String },
     /// A post or void moves other accounts or currency than its pending entry, or a void
     /// releases another amount than was reserved.
+    #[error(
+        "entry '{entry_id}' does not match the accounts, currency or amount of pending \
+         entry '{pending_id}'"
+    )]
     PendingMismatch {
         entry_id: String,
         pending_id: String,
     },
     /// A post moves more than its pending entry reserved.
+    #[error(
+        "entry '{entry_id}' posts {posted_minor} of pending entry '{pending_id}', which \
+         reserved {pending_minor}"
+    )]
     PostExceedsPending {
         entry_id: String,
         pending_id: String,
@@ -75,99 +88,26 @@ pub enum Violation {
         pending_minor: i64,
     },
     /// A pending entry was posted or voided more than once (including posted and voided).
+    #[error(
+        "pending entry '{pending_id}' is resolved by both \
+         '{first_entry_id}' and '{second_entry_id}'"
+    )]
     PendingResolvedTwice {
         pending_id: String,
         first_entry_id: String,
         second_entry_id: String,
     },
     /// A settled order still has money owed or reserved on its receivable.
+    #[error(
+        "settled order {order_id} has receivable 'order:{order_id}:receivable' at \
+         {posted_minor} posted and {pending_minor} pending in {currency}"
+    )]
     SettledReceivableNotZero {
         order_id: OrderId,
         currency: Currency,
         posted_minor: i128,
         pending_minor: i128,
     },
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Violation::Malformed { entry_id, error } => {
-                write!(f, "entry '{entry_id}' is malformed: {error}")
-            }
-            Violation::Unbalanced {
-                entry_id,
-                currency,
-                sum_minor,
-            } => write!(
-                f,
-                "entry '{entry_id}' does not balance: its {currency} postings sum to {sum_minor}"
-            ),
-            Violation::DuplicateId { entry_id } => {
-                write!(f, "entry id '{entry_id}' is used by more than one entry")
-            }
-            Violation::CurrencyNotZero {
-                currency,
-                figure,
-                sum_minor,
-            } => write!(
-                f,
-                "{figure:?} balances in {currency} sum to {sum_minor} across the ledger, not zero"
-            ),
-            Violation::UnknownPending {
-                entry_id,
-                pending_id,
-            } => write!(
-                f,
-                "entry '{entry_id}' resolves pending entry '{pending_id}', which does not exist"
-            ),
-            Violation::NotPending {
-                entry_id,
-                target_id,
-            } => write!(
-                f,
-                "entry '{entry_id}' resolves entry '{target_id}', which is not pending"
-            ),
-            Violation::PendingMismatch {
-                entry_id,
-                pending_id,
-            } => write!(
-                f,
-                "entry '{entry_id}' does not match the accounts, currency or amount of pending \
-                 entry '{pending_id}'"
-            ),
-            Violation::PostExceedsPending {
-                entry_id,
-                pending_id,
-                posted_minor,
-                pending_minor,
-            } => write!(
-                f,
-                "entry '{entry_id}' posts {posted_minor} of pending entry '{pending_id}', which \
-                 reserved {pending_minor}"
-            ),
-            Violation::PendingResolvedTwice {
-                pending_id,
-                first_entry_id,
-                second_entry_id,
-            } => write!(
-                f,
-                "pending entry '{pending_id}' is resolved by both '{first_entry_id}' and \
-                 '{second_entry_id}'"
-            ),
-            Violation::SettledReceivableNotZero {
-                order_id,
-                currency,
-                posted_minor,
-                pending_minor,
-            } => write!(
-                f,
-                "settled order {order_id} has receivable '{}' at {posted_minor} posted and \
-                 {pending_minor} pending in {currency}",
-                AccountId::order_receivable(*order_id)
-            ),
-        }
-    }
 }
 
 /// Posted and pending sums of one account in one currency.
@@ -394,7 +334,10 @@ mod tests {
             second_entry_id: second.to_owned(),
         };
         assert!(violations.contains(&twice("void")), "{violations:?}");
-        assert!(violations.contains(&twice("capture-again")), "{violations:?}");
+        assert!(
+            violations.contains(&twice("capture-again")),
+            "{violations:?}"
+        );
     }
 
     #[test]
@@ -483,13 +426,24 @@ mod tests {
         ));
         let violations = check(&entries, &[]);
         let has = |wanted: &dyn Fn(&Violation) -> bool| violations.iter().any(wanted);
-        assert!(has(&|v| matches!(v, Violation::DuplicateId { entry_id } if entry_id == "sale")));
-        assert!(has(&|v| matches!(v, Violation::UnknownPending { entry_id, .. } if entry_id == "orphan")));
-        assert!(has(&|v| matches!(v, Violation::Unbalanced { entry_id, sum_minor: 3, .. } if entry_id == "forged")));
-        assert!(has(&|v| matches!(v, Violation::NotPending { target_id, .. } if target_id == "sale")));
+        assert!(has(
+            &|v| matches!(v, Violation::DuplicateId { entry_id } if entry_id == "sale")
+        ));
+        assert!(has(
+            &|v| matches!(v, Violation::UnknownPending { entry_id, .. } if entry_id == "orphan")
+        ));
+        assert!(has(
+            &|v| matches!(v, Violation::Unbalanced { entry_id, sum_minor: 3, .. } if entry_id == "forged")
+        ));
+        assert!(has(
+            &|v| matches!(v, Violation::NotPending { target_id, .. } if target_id == "sale")
+        ));
         assert!(has(&|v| matches!(
             v,
-            Violation::CurrencyNotZero { figure: Figure::Posted, .. }
+            Violation::CurrencyNotZero {
+                figure: Figure::Posted,
+                ..
+            }
         )));
     }
 }

@@ -272,11 +272,18 @@ pub(crate) enum ResolutionError {
     /// Other accounts or currency, or a void of another amount than was reserved.
     Mismatch,
     /// A post of more than was reserved.
-    Exceeds { amount_minor: i64, pending_minor: i64 },
+    Exceeds {
+        amount_minor: i64,
+        pending_minor: i64,
+    },
 }
 
 impl ResolutionError {
-    pub(crate) fn into_ledger_error(self, pending: &JournalEntry, entry: &JournalEntry) -> LedgerError {
+    pub(crate) fn into_ledger_error(
+        self,
+        pending: &JournalEntry,
+        entry: &JournalEntry,
+    ) -> LedgerError {
         let entry_id = entry.id.clone();
         let pending_id = pending.id.clone();
         match self {
@@ -515,7 +522,10 @@ mod tests {
         assert!(transfer("", 1).is_err());
         assert!(transfer("has space", 1).is_err());
         assert!(transfer(&"k".repeat(ENTRY_ID_BYTES_MAX + 1), 1).is_err());
-        assert!(transfer("e", -1).is_err(), "a negative amount would swap the legs");
+        assert!(
+            transfer("e", -1).is_err(),
+            "a negative amount would swap the legs"
+        );
         let same = JournalEntry::transfer("e", account("a:x"), account("a:x"), 1, usd());
         assert!(matches!(same, Err(LedgerError::RepeatedAccount { .. })));
     }
@@ -556,7 +566,10 @@ mod tests {
             post(&posted, 5, "p"),
             Err(LedgerError::NotPending { .. })
         ));
-        assert!(matches!(void(&posted, "v"), Err(LedgerError::NotPending { .. })));
+        assert!(matches!(
+            void(&posted, "v"),
+            Err(LedgerError::NotPending { .. })
+        ));
         let pending = auth(5);
         let voided = void(&pending, "v").expect("void");
         assert_eq!(voided.postings(), pending.postings());

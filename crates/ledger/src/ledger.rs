@@ -31,8 +31,13 @@ pub enum Applied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingStatus {
     Open,
-    Posted { by_entry_id: String, amount_minor: i64 },
-    Voided { by_entry_id: String },
+    Posted {
+        by_entry_id: String,
+        amount_minor: i64,
+    },
+    Voided {
+        by_entry_id: String,
+    },
 }
 
 /// One tenant's entries and the balances they add up to.

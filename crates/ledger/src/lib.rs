@@ -35,7 +35,7 @@
 //!
 //! So the pending figure of `psp:clearing` is what is authorized but not yet captured, and an
 //! order's receivable returns to zero after a capture or a void: a settled order with a non-zero
-//! receivable means a step wrote half its entries, which [`check`] reports.
+//! receivable means a step wrote half its entries, which [`check()`] reports.
 //!
 //! # Two-phase entries
 //!
@@ -43,7 +43,7 @@
 //! balances. A later [`EntryKind::PostPending`] entry (built by [`post`]) moves up to the pending
 //! amount into the posted balances and releases the rest; a [`EntryKind::VoidPending`] entry
 //! (built by [`void`]) releases it all. A pending entry is resolved at most once, which
-//! [`Ledger::apply`] enforces and [`check`] proves.
+//! [`Ledger::apply`] enforces and [`check()`] proves.
 //!
 //! # Layout
 //!

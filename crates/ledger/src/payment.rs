@@ -180,6 +180,9 @@ mod tests {
         let event_id = EventId::generate();
         let id = entry_id("payments", event_id, "capture");
         assert_eq!(id, format!("payments:{event_id}:capture"));
-        assert!(refund(id, 1, usd()).is_ok(), "a derived id is a valid entry id");
+        assert!(
+            refund(id, 1, usd()).is_ok(),
+            "a derived id is a valid entry id"
+        );
     }
 }

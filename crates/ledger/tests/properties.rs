@@ -8,8 +8,8 @@ use tally_domain::ids::OrderId;
 use tally_domain::money::{AMOUNT_MINOR_MAX, Currency};
 use tally_ledger::payment::{self, Capture};
 use tally_ledger::{
-    AccountId, Applied, Balance, JournalEntry, Ledger, LedgerError, OrderSettlement,
-    PendingStatus, Posting, check, void,
+    AccountId, Applied, Balance, JournalEntry, Ledger, LedgerError, OrderSettlement, PendingStatus,
+    Posting, check, void,
 };
 
 /// Orders a generated sequence acts on: few enough that steps collide on the same order.
@@ -32,12 +32,19 @@ fn step() -> impl Strategy<Value = Step> {
     let order = 0..ORDER_COUNT;
     let amount = 1..=100_000i64;
     prop_oneof![
-        (order.clone(), amount.clone())
-            .prop_map(|(order, amount_minor)| Step::Authorize { order, amount_minor }),
-        (order.clone(), amount.clone())
-            .prop_map(|(order, amount_minor)| Step::Capture { order, amount_minor }),
+        (order.clone(), amount.clone()).prop_map(|(order, amount_minor)| Step::Authorize {
+            order,
+            amount_minor
+        }),
+        (order.clone(), amount.clone()).prop_map(|(order, amount_minor)| Step::Capture {
+            order,
+            amount_minor
+        }),
         order.clone().prop_map(|order| Step::Void { order }),
-        (order, amount).prop_map(|(order, amount_minor)| Step::Refund { order, amount_minor }),
+        (order, amount).prop_map(|(order, amount_minor)| Step::Refund {
+            order,
+            amount_minor
+        }),
         any::<usize>().prop_map(|index| Step::Reapply { index }),
     ]
 }
@@ -87,7 +94,10 @@ impl Run {
 
     fn run(&mut self, number: usize, step: &Step) -> Result<(), TestCaseError> {
         match *step {
-            Step::Authorize { order, amount_minor } => {
+            Step::Authorize {
+                order,
+                amount_minor,
+            } => {
                 let state = &self.orders[order];
                 let id = format!("auth-{number}");
                 let entry = payment::authorize(id, state.id, amount_minor, state.currency)
@@ -95,7 +105,10 @@ impl Run {
                 prop_assert_eq!(self.record(entry.clone()), Ok(Applied::Recorded));
                 self.orders[order].authorizations.push(entry);
             }
-            Step::Capture { order, amount_minor } => self.capture(number, order, amount_minor)?,
+            Step::Capture {
+                order,
+                amount_minor,
+            } => self.capture(number, order, amount_minor)?,
             Step::Void { order } => {
                 let Some(auth) = self.orders[order].authorizations.last().cloned() else {
                     return Ok(());
@@ -105,14 +118,18 @@ impl Run {
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(self.record(entry).is_ok(), open);
             }
-            Step::Refund { order, amount_minor } => {
+            Step::Refund {
+                order,
+                amount_minor,
+            } => {
                 let state = &self.orders[order];
                 // The saga refunds only what it captured; the ledger itself does not know.
                 if amount_minor > state.captured_minor - state.refunded_minor {
                     return Ok(());
                 }
-                let entry = payment::refund(format!("refund-{number}"), amount_minor, state.currency)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let entry =
+                    payment::refund(format!("refund-{number}"), amount_minor, state.currency)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(self.record(entry), Ok(Applied::Recorded));
                 self.orders[order].refunded_minor += amount_minor;
             }
@@ -129,17 +146,35 @@ impl Run {
         Ok(())
     }
 
-    fn capture(&mut self, number: usize, order: usize, amount_minor: i64) -> Result<(), TestCaseError> {
+    fn capture(
+        &mut self,
+        number: usize,
+        order: usize,
+        amount_minor: i64,
+    ) -> Result<(), TestCaseError> {
         let Some(auth) = self.orders[order].authorizations.last().cloned() else {
             return Ok(());
         };
-        let pending_minor = auth.amount_minor().expect("an authorization is one transfer");
-        let built = payment::capture(&auth, amount_minor, format!("capture-{number}"), format!("sale-{number}"));
+        let pending_minor = auth
+            .amount_minor()
+            .expect("an authorization is one transfer");
+        let built = payment::capture(
+            &auth,
+            amount_minor,
+            format!("capture-{number}"),
+            format!("sale-{number}"),
+        );
         let Ok(Capture { post, sale }) = built else {
-            prop_assert!(amount_minor > pending_minor, "refused a capture within the authorization");
+            prop_assert!(
+                amount_minor > pending_minor,
+                "refused a capture within the authorization"
+            );
             return Ok(());
         };
-        prop_assert!(amount_minor <= pending_minor, "built a capture beyond the authorization");
+        prop_assert!(
+            amount_minor <= pending_minor,
+            "built a capture beyond the authorization"
+        );
         let open = self.ledger.pending_status(auth.id()) == Some(PendingStatus::Open);
         let posted = self.record(post);
         prop_assert_eq!(posted.is_ok(), open);
@@ -162,8 +197,10 @@ impl Run {
             prop_assert_eq!(sum, Balance::default(), "{} does not sum to zero", currency);
         }
         let mut settled = Vec::new();
+        let mut open_by_currency: BTreeMap<Currency, i64> = BTreeMap::new();
         for order in &self.orders {
             let mut all_resolved = !order.authorizations.is_empty();
+            let mut open_minor = 0;
             for auth in &order.authorizations {
                 let pending_minor = auth.amount_minor().expect("one transfer");
                 match self.ledger.pending_status(auth.id()) {
@@ -171,16 +208,37 @@ impl Run {
                         prop_assert!(amount_minor <= pending_minor, "posted beyond pending");
                     }
                     Some(PendingStatus::Voided { .. }) => {}
-                    Some(PendingStatus::Open) => all_resolved = false,
+                    Some(PendingStatus::Open) => {
+                        all_resolved = false;
+                        open_minor += pending_minor;
+                    }
                     None => prop_assert!(false, "an applied authorization is unknown"),
                 }
             }
+            // A capture writes its post and its sale together, so the receivable never holds a
+            // posted amount, and it reserves exactly what is authorized and still open.
+            let receivable = AccountId::order_receivable(order.id);
+            let expected = Balance {
+                posted_minor: 0,
+                pending_minor: -open_minor,
+            };
+            prop_assert_eq!(self.ledger.balance(&receivable, order.currency), expected);
+            *open_by_currency.entry(order.currency).or_default() += open_minor;
             if all_resolved {
                 settled.push(OrderSettlement {
                     order_id: order.id,
                     currency: order.currency,
                 });
             }
+        }
+        for (currency, open_minor) in open_by_currency {
+            let clearing = self.ledger.balance(&AccountId::psp_clearing(), currency);
+            prop_assert_eq!(
+                clearing.pending_minor,
+                open_minor,
+                "clearing pending in {}",
+                currency
+            );
         }
         let violations = check(&self.applied, &settled);
         prop_assert!(violations.is_empty(), "{:?}", violations);

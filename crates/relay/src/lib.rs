@@ -1,4 +1,5 @@
-//! The relay moves committed outbox rows into the log.
+//! The relay moves committed outbox rows into the log, and seals committed audit records into
+//! their tenants' hash chains.
 //!
 //! With the embedded log on PostgreSQL, "moving" means giving each committed row its log
 //! position (see `tally_store::postgres`); on SQLite rows are positioned when inserted and the
@@ -32,6 +33,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
+        if let Err(error) = store.seal_audit(RELAY_BATCH_COUNT_MAX).await {
+            tracing::warn!(%error, "relay could not seal audit records; retrying");
+        }
         let wait = match store.sequence_outbox(RELAY_BATCH_COUNT_MAX).await {
             Ok(positioned) if u64::from(RELAY_BATCH_COUNT_MAX) <= positioned => {
                 logged.notify_waiters();

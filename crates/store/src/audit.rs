@@ -1,44 +1,26 @@
 //! Audit records: who changed what, from what to what, why and when. A record is written in
-//! the transaction of the change it describes; the relay later seals it into its tenant's hash
-//! chain (see the `tally-audit` crate), so writers never wait for one another on the chain.
+//! the transaction of the change it describes, as a draft; the relay then seals drafts into
+//! their tenant's hash chain in insertion order ([`seal`]), so writers never wait for one
+//! another on the chain head and the chain still covers every committed change.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::{Value, json};
-use tally_domain::ids::{ApiKeyId, TenantId};
+use serde_json::Value;
+pub use tally_audit::{Actor, Cause};
+use tally_audit::{AuditDraft, AuditRecord, ChainHead};
+use tally_domain::ids::TenantId;
 
+use crate::StoreError;
 use crate::records::{LogEvent, NewAuditRecord};
 
-/// Who made a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", content = "id", rename_all = "snake_case")]
-pub enum Actor {
-    /// A client, by the API key it used.
-    ApiKey(ApiKeyId),
-    /// A partner, by name, through a verified webhook.
-    Partner(String),
-    /// Tally itself, by the consumer group that acted.
-    System(String),
-}
-
-/// Why a change happened.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Cause {
-    pub request_id: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub event_id: Option<String>,
-    pub causation_id: Option<String>,
-}
-
-impl Cause {
-    /// A change a consumer made because of `event`.
-    pub fn event(event: &LogEvent) -> Self {
-        Self {
-            request_id: event.correlation_id.clone(),
-            idempotency_key: None,
-            event_id: Some(event.id.to_string()),
-            causation_id: event.causation_id.clone(),
-        }
+/// Why a consumer changed something: the event it applied.
+pub fn cause_of(event: &LogEvent) -> Cause {
+    Cause {
+        request_id: event.correlation_id.clone(),
+        idempotency_key: None,
+        event_id: Some(event.id.as_uuid()),
+        causation_id: event.causation_id.clone(),
     }
 }
 
@@ -52,7 +34,7 @@ pub struct Change<'a> {
     pub after: Option<Value>,
 }
 
-/// An audit record ready to insert.
+/// An audit draft ready to insert.
 pub fn record(
     tenant: TenantId,
     at: DateTime<Utc>,
@@ -60,21 +42,84 @@ pub fn record(
     change: Change<'_>,
     cause: Cause,
 ) -> NewAuditRecord {
-    let id = uuid::Uuid::now_v7();
+    let draft = AuditDraft {
+        tenant_id: tenant.as_uuid(),
+        id: uuid::Uuid::now_v7(),
+        at,
+        actor,
+        entity_type: change.entity_type.to_owned(),
+        entity_id: change.entity_id,
+        action: change.action.to_owned(),
+        before: change.before,
+        after: change.after,
+        cause,
+    };
     NewAuditRecord {
-        id,
+        id: draft.id,
         tenant_id: tenant,
         at,
-        entity_type: change.entity_type.to_owned(),
-        entity_id: change.entity_id.clone(),
-        body: json!({
-            "actor": actor,
-            "entity_type": change.entity_type,
-            "entity_id": change.entity_id,
-            "action": change.action,
-            "before": change.before,
-            "after": change.after,
-            "cause": cause,
-        }),
+        entity_type: draft.entity_type.clone(),
+        entity_id: draft.entity_id.clone(),
+        // Serializing a draft of plain data cannot fail.
+        body: serde_json::to_value(&draft).unwrap_or(Value::Null),
     }
+}
+
+/// A draft row waiting to be sealed, in insertion order.
+#[derive(Debug, Clone)]
+pub(crate) struct Unsealed {
+    pub(crate) seq: i64,
+    pub(crate) tenant: TenantId,
+    pub(crate) body: Value,
+}
+
+/// Sealed records by row (`seq`), and every touched tenant's new chain head.
+pub(crate) type Sealing = (Vec<(i64, AuditRecord)>, HashMap<TenantId, ChainHead>);
+
+/// Seals `rows` (in insertion order) after each tenant's head.
+pub(crate) fn seal(
+    rows: Vec<Unsealed>,
+    mut heads: HashMap<TenantId, ChainHead>,
+) -> Result<Sealing, StoreError> {
+    let mut sealed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let draft: AuditDraft = serde_json::from_value(row.body)
+            .map_err(|e| StoreError::Corrupt(format!("audit draft {}: {e}", row.seq)))?;
+        let head = heads.entry(row.tenant).or_insert(ChainHead::GENESIS);
+        let record = tally_audit::seal_after(head, draft);
+        *head = record.head();
+        sealed.push((row.seq, record));
+    }
+    Ok((sealed, heads))
+}
+
+/// Rebuilds a sealed record from its stored draft and chain fields.
+pub(crate) fn sealed_record(
+    body: Value,
+    sequence: i64,
+    prev_hash: &[u8],
+    hash: &[u8],
+) -> Result<AuditRecord, StoreError> {
+    let draft: AuditDraft = serde_json::from_value(body)
+        .map_err(|e| StoreError::Corrupt(format!("audit record {sequence}: {e}")))?;
+    let digest = |bytes: &[u8]| -> Result<[u8; 32], StoreError> {
+        bytes.try_into().map_err(|_| {
+            StoreError::Corrupt(format!("audit record {sequence}: a hash is not 32 bytes"))
+        })
+    };
+    Ok(AuditRecord {
+        tenant_id: draft.tenant_id,
+        sequence,
+        id: draft.id,
+        at: draft.at,
+        actor: draft.actor,
+        entity_type: draft.entity_type,
+        entity_id: draft.entity_id,
+        action: draft.action,
+        before: draft.before,
+        after: draft.after,
+        cause: draft.cause,
+        prev_hash: digest(prev_hash)?,
+        hash: digest(hash)?,
+    })
 }

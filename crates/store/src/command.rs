@@ -11,16 +11,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use tally_domain::catalog::{NewProduct, Product, Sku};
+use tally_domain::checkout::{cancellable, returnable};
 use tally_domain::clock::Clock;
 use tally_domain::event::EventDraft;
+use tally_domain::event::EventType;
 use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
 use tally_domain::ids::{ApiKeyId, OrderId, ProductId, TenantId};
 use tally_domain::inventory::{Adjustment, StockLevel};
-use tally_domain::order::{NewOrder, Order, PlacementRefused};
+use tally_domain::order::{NewOrder, Order, OrderStatus, PlacementRefused};
 use tally_domain::text::Code;
 use tokio::sync::Notify;
 
-use crate::records::{MovementKind, NewEvent, NewIdempotencyRecord, StockMovement, StoredResponse};
+use crate::records::{
+    MovementKind, NewEvent, NewIdempotencyRecord, OrderRecord, OrderState, StockMovement,
+    StoredResponse,
+};
 use crate::{Store, StoreError, Tx};
 
 /// What a client asked for, parsed and validated.
@@ -29,6 +34,10 @@ pub enum Command {
     CreateProduct(NewProduct),
     AdjustStock(Adjustment),
     PlaceOrder(NewOrder),
+    /// Ask the checkout saga to cancel the order, undoing what it did.
+    CancelOrder(OrderId),
+    /// The customer sent the goods back: restock and refund.
+    ReturnOrder(OrderId),
 }
 
 /// What a command did, for the API to render into the response it stores.
@@ -41,6 +50,8 @@ pub enum Outcome {
         level: StockLevel,
     },
     OrderPlaced(Box<Order>),
+    /// The order after a cancellation request or a return.
+    OrderChanged(Box<OrderRecord>),
 }
 
 /// A business rule refused the command; nothing was written.
@@ -48,8 +59,18 @@ pub enum Outcome {
 pub enum Refusal {
     SkusTaken(Vec<Sku>),
     UnknownSku(Sku),
-    InsufficientStock { available: i64 },
+    InsufficientStock {
+        available: i64,
+    },
     Placement(PlacementRefused),
+    OrderNotFound,
+    /// The order is past the point where it can be cancelled (or already cancelled).
+    NotCancellable {
+        status: String,
+    },
+    NotReturnable {
+        status: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +237,8 @@ impl Commands {
             .collect();
         tx.append_events(&events).await?;
         let response = (ctx.render)(&outcome, &events);
+        tx.insert_audit(&audit_record(ctx, &outcome, &response, now))
+            .await?;
         let retention = chrono::Duration::from_std(self.retention)
             .unwrap_or_else(|_| chrono::Duration::days(365));
         let record = NewIdempotencyRecord {
@@ -245,6 +268,39 @@ impl Commands {
         };
         crate::log::envelope(draft, ctx.tenant, self.store.log_partitions(), now, &causes)
     }
+}
+
+/// The audit record of a command: the client's key is the actor, the stored response is the
+/// state after, the request id and idempotency key are the cause.
+fn audit_record(
+    ctx: &CommandContext<'_>,
+    outcome: &Outcome,
+    response: &StoredResponse,
+    now: DateTime<Utc>,
+) -> crate::records::NewAuditRecord {
+    let (entity_type, entity_id, action) = match outcome {
+        Outcome::ProductCreated(product) => ("product", product.id.to_string(), "created"),
+        Outcome::StockAdjusted { sku, location, .. } => {
+            ("stock", format!("{sku}@{location}"), "adjusted")
+        }
+        Outcome::OrderPlaced(order) => ("order", order.id.to_string(), "placed"),
+        Outcome::OrderChanged(record) => ("order", record.id.to_string(), "changed"),
+    };
+    let change = crate::audit::Change {
+        entity_type,
+        entity_id,
+        action,
+        before: None,
+        after: serde_json::from_slice(&response.body).ok(),
+    };
+    let cause = crate::audit::Cause {
+        request_id: Some(ctx.request_id.to_owned()),
+        idempotency_key: Some(ctx.key.as_str().to_owned()),
+        event_id: None,
+        causation_id: None,
+    };
+    let actor = crate::audit::Actor::ApiKey(ctx.api_key.as_uuid());
+    crate::audit::record(ctx.tenant, now, actor, change, cause)
 }
 
 fn replay(
@@ -324,7 +380,81 @@ async fn decide(
             tx.insert_order(tenant, &order).await?;
             Ok((Outcome::OrderPlaced(Box::new(order)), vec![event]))
         }
+        Command::CancelOrder(id) => request_cancellation(tx, tenant, id, now).await,
+        Command::ReturnOrder(id) => return_order(tx, tenant, id, now).await,
     }
+}
+
+fn status_of(state: &OrderState) -> Result<OrderStatus, CommandError> {
+    OrderStatus::parse(&state.record.status)
+        .map_err(|e| CommandError::Store(StoreError::Corrupt(e.reason)))
+}
+
+fn order_event(event_type: EventType, order: OrderId, data: serde_json::Value) -> EventDraft {
+    let key = order.to_string();
+    EventDraft::new(event_type, key.clone(), key, &data)
+}
+
+/// Marks the order for cancellation; the saga, which owns every partner call of the order,
+/// cancels it at its next step and undoes what it did.
+async fn request_cancellation(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    id: OrderId,
+    now: DateTime<Utc>,
+) -> Result<(Outcome, Vec<EventDraft>), CommandError> {
+    let mut state = tx
+        .lock_order(tenant, id)
+        .await?
+        .ok_or(CommandError::Refused(Refusal::OrderNotFound))?;
+    let status = status_of(&state)?;
+    if !cancellable(status) || state.saga.cancel_requested {
+        return Err(CommandError::Refused(Refusal::NotCancellable {
+            status: state.record.status,
+        }));
+    }
+    state.saga.cancel_requested = true;
+    tx.update_order(tenant, id, status.as_str(), &state.saga, now)
+        .await?;
+    state.record.saga = state.saga;
+    state.record.updated_at = now;
+    let event = order_event(
+        EventType::OrderCancellationRequested,
+        id,
+        serde_json::json!({"order_id": id}),
+    );
+    Ok((Outcome::OrderChanged(Box::new(state.record)), vec![event]))
+}
+
+/// Restocks a delivered order's goods; the saga refunds the payment on the event.
+async fn return_order(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    id: OrderId,
+    now: DateTime<Utc>,
+) -> Result<(Outcome, Vec<EventDraft>), CommandError> {
+    let state = tx
+        .lock_order(tenant, id)
+        .await?
+        .ok_or(CommandError::Refused(Refusal::OrderNotFound))?;
+    let status = status_of(&state)?;
+    if !returnable(status) {
+        return Err(CommandError::Refused(Refusal::NotReturnable {
+            status: state.record.status,
+        }));
+    }
+    crate::stock::restock(tx, tenant, id, &state.saga, now).await?;
+    tx.update_order(tenant, id, OrderStatus::Returned.as_str(), &state.saga, now)
+        .await?;
+    let mut record = state.record;
+    record.status = OrderStatus::Returned.as_str().to_owned();
+    record.updated_at = now;
+    let event = order_event(
+        EventType::OrderReturned,
+        id,
+        serde_json::json!({"order_id": id}),
+    );
+    Ok((Outcome::OrderChanged(Box::new(record)), vec![event]))
 }
 
 /// This process's claim on an idempotency key, released when dropped.

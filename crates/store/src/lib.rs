@@ -22,6 +22,7 @@ pub mod records;
 pub mod sqlite;
 pub mod stock;
 pub mod tx;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -223,6 +224,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         to: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Seals up to `limit` audit drafts into their tenants' chains, in insertion order, one
+    /// sealing transaction at a time. Returns how many were sealed.
+    async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError>;
+    /// A tenant's sealed audit chain in sequence order, its stored head, and how many of its
+    /// records are not sealed yet.
+    async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError>;
+    /// The sealed and unsealed audit records about one entity, oldest first.
+    async fn audit_of(
+        &self,
+        tenant: TenantId,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    async fn tenants(&self) -> Result<Vec<TenantId>, StoreError>;
+    /// Every journal entry of a tenant with its postings, in insertion order.
+    async fn journal(&self, tenant: TenantId) -> Result<Vec<StoredEntry>, StoreError>;
+    /// Postings of one account, oldest first, with their entry's kind.
+    async fn account_postings(
+        &self,
+        tenant: TenantId,
+        account: &str,
+    ) -> Result<Vec<AccountPosting>, StoreError>;
+    /// Orders in a terminal status, with their currency: their receivables must be zero.
+    async fn settled_orders(&self, tenant: TenantId) -> Result<Vec<(OrderId, String)>, StoreError>;
+    /// Every stock row with the sums of its movements.
+    async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError>;
+    /// How many orders of a tenant are in each status.
+    async fn order_status_counts(&self, tenant: TenantId)
+    -> Result<Vec<(String, i64)>, StoreError>;
     /// Letters of `group` an operator asked to retry.
     async fn dead_letters_to_retry(
         &self,

@@ -307,3 +307,28 @@ pub struct DeadLetterRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// A tenant's audit chain as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditChain {
+    pub records: Vec<tally_audit::AuditRecord>,
+    pub head: Option<tally_audit::ChainHead>,
+    pub unsealed: i64,
+}
+
+/// A journal entry with its postings, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    pub record: JournalEntryRecord,
+    pub postings: Vec<PostingRecord>,
+}
+
+/// One posting of an account with its entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountPosting {
+    pub entry_id: String,
+    pub kind: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub created_at: DateTime<Utc>,
+}

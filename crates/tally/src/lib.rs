@@ -8,4 +8,5 @@
 //! - [`admin`]: tenants and API keys, for the operator commands.
 
 pub mod admin;
+pub mod checks;
 pub mod server;

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tally::server::PartnerSetup;
 use tally_api::ApiConfig;
+use tally_checkout::PartnerUrls;
 use tally_domain::clock::SystemClock;
 use tally_domain::ids::TenantId;
+use tally_sandbox::SandboxConfig;
 use tally_store::ConnectOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -50,12 +53,35 @@ enum Commands {
     Serve(ServeArgs),
     /// Apply database migrations and exit (serve also applies them at start).
     Migrate,
+    /// Run the partner sandbox alone: payment provider, carrier and notification provider.
+    Sandbox(SandboxArgs),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The double-entry ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// The hash-chained audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Verify that every entry balances, every currency sums to zero, every authorization is
+    /// posted or voided at most once, and every settled order's receivable is zero. Exits 1 and
+    /// names every violation otherwise.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every tenant's audit chain: an edited, deleted, reordered or inserted record is
+    /// named, and the command exits 1.
+    Verify,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +92,67 @@ struct ServeArgs {
     /// How long idempotency keys and their stored responses are kept, such as 24h or 7d.
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     idempotency_retention: Duration,
+    #[command(flatten)]
+    partners: PartnerArgs,
+}
+
+#[derive(Debug, Args)]
+struct PartnerArgs {
+    /// Base URL of the payment provider. Without all three partner URLs, serve starts the
+    /// partner sandbox in-process and uses it.
+    #[arg(long, env = "TALLY_PAYMENT_URL")]
+    payment_url: Option<String>,
+    /// Base URL of the carrier.
+    #[arg(long, env = "TALLY_CARRIER_URL")]
+    carrier_url: Option<String>,
+    /// Base URL of the notification provider.
+    #[arg(long, env = "TALLY_NOTIFICATION_URL")]
+    notification_url: Option<String>,
+    /// The secret the carrier signs webhooks with (HMAC-SHA256).
+    #[arg(
+        long,
+        env = "TALLY_CARRIER_WEBHOOK_SECRET",
+        default_value = "whsec_tally_sandbox",
+        hide_default_value = true
+    )]
+    carrier_webhook_secret: String,
+}
+
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// Address the sandbox listens on.
+    #[arg(long, env = "TALLY_SANDBOX_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Where to send carrier webhooks (Tally's /v1/webhooks/carrier).
+    #[arg(long, env = "TALLY_SANDBOX_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The secret carrier webhooks are signed with.
+    #[arg(
+        long,
+        env = "TALLY_CARRIER_WEBHOOK_SECRET",
+        default_value = "whsec_tally_sandbox",
+        hide_default_value = true
+    )]
+    webhook_secret: String,
+    /// Share of requests that fail with 5xx before their effect (0 to 1).
+    #[arg(long, env = "TALLY_SANDBOX_ERROR_RATE", default_value_t = 0.0)]
+    error_rate: f64,
+    /// Share of requests whose effect applies but whose answer is a 5xx (0 to 1).
+    #[arg(
+        long,
+        env = "TALLY_SANDBOX_ERROR_AFTER_EFFECT_RATE",
+        default_value_t = 0.0
+    )]
+    error_after_effect_rate: f64,
+    /// Share of requests whose effect applies but whose answer comes too late (0 to 1).
+    #[arg(long, env = "TALLY_SANDBOX_TIMEOUT_RATE", default_value_t = 0.0)]
+    timeout_rate: f64,
+    /// How many times each webhook is delivered.
+    #[arg(long, env = "TALLY_SANDBOX_WEBHOOK_DUPLICATES", default_value_t = 1)]
+    webhook_duplicates: u32,
+    /// Seed of every random choice, so a run can be repeated.
+    #[arg(long, env = "TALLY_SANDBOX_SEED", default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +185,9 @@ enum KeyCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    if let Commands::Sandbox(args) = &cli.command {
+        return sandbox(args).await;
+    }
     let options = ConnectOptions {
         connections_max: cli.database.db_connections,
     };
@@ -108,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
     let clock = SystemClock;
     match cli.command {
         Commands::Serve(args) => serve(store, args).await,
+        Commands::Sandbox(_) => Ok(()),
         Commands::Migrate => {
             eprintln!("migrations applied to {url}");
             Ok(())
@@ -122,6 +213,15 @@ async fn main() -> anyhow::Result<()> {
                 issued.tenant, issued.key_id
             );
             Ok(())
+        }
+        Commands::Ledger(LedgerCommand::Check) => {
+            let violations = tally::checks::ledger(store.as_ref()).await?;
+            report("ledger", &violations)
+        }
+        Commands::Audit(AuditCommand::Verify) => {
+            let (violations, verified) = tally::checks::audit(store.as_ref()).await?;
+            eprintln!("{verified} audit records verified");
+            report("audit trail", &violations)
         }
         Commands::Key(KeyCommand::Create { tenant, scopes }) => {
             let tenant: TenantId = tenant
@@ -139,12 +239,44 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Prints every violation and fails when there is one.
+fn report(what: &str, violations: &[String]) -> anyhow::Result<()> {
+    for violation in violations {
+        println!("{violation}");
+    }
+    if violations.is_empty() {
+        eprintln!("{what}: no violations");
+        Ok(())
+    } else {
+        eprintln!("{what}: {} violation(s)", violations.len());
+        std::process::exit(1);
+    }
+}
+
 async fn serve(store: Arc<dyn tally_store::Store>, args: ServeArgs) -> anyhow::Result<()> {
     let config = ApiConfig {
         idempotency_retention: args.idempotency_retention,
+        carrier_webhook_secret: args.partners.carrier_webhook_secret.clone(),
         ..ApiConfig::default()
     };
-    let running = tally::server::start(store, Arc::new(SystemClock), config, args.listen)
+    let partners = match (
+        args.partners.payment_url,
+        args.partners.carrier_url,
+        args.partners.notification_url,
+    ) {
+        (Some(payment), Some(carrier), Some(notifications)) => {
+            PartnerSetup::External(PartnerUrls {
+                payment,
+                carrier,
+                notifications,
+            })
+        }
+        _ => {
+            tracing::info!("no partner URLs configured: using the in-process partner sandbox");
+            PartnerSetup::Sandbox(SandboxConfig::default())
+        }
+    };
+    let running = tally::server::start(store, Arc::new(SystemClock), config, args.listen, partners)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %running.address, "tally is serving");
@@ -152,6 +284,28 @@ async fn serve(store: Arc<dyn tally_store::Store>, args: ServeArgs) -> anyhow::R
     tokio::spawn(cancel_on_signal(shutdown));
     running.wait().await;
     tracing::info!("tally stopped");
+    Ok(())
+}
+
+async fn sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
+    let config = SandboxConfig {
+        error_rate: args.error_rate,
+        error_after_effect_rate: args.error_after_effect_rate,
+        timeout_rate: args.timeout_rate,
+        webhook_duplicates: args.webhook_duplicates,
+        webhook_url: args.webhook_url.clone(),
+        webhook_secret: args.webhook_secret.clone(),
+        seed: args.seed,
+        ..SandboxConfig::default()
+    };
+    let sandbox = tally_sandbox::start(config, args.listen)
+        .await
+        .with_context(|| format!("cannot start the sandbox on {}", args.listen))?;
+    tracing::info!(address = %sandbox.address, "partner sandbox is serving; effects at /sandbox/effects");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    shutdown.cancelled().await;
+    sandbox.stop().await;
     Ok(())
 }
 

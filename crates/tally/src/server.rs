@@ -1,21 +1,36 @@
-//! A server process: the HTTP API, the relay and idempotency-key purging, started together and
-//! stopped together by one cancellation token (shutdown by broadcast).
+//! A server process: the HTTP API, the relay, the consumer groups (checkout saga and
+//! notifications), idempotency-key purging and, unless partners are configured, the partner
+//! sandbox; started together and stopped together by one cancellation token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tally_api::{ApiConfig, AppState};
+use tally_checkout::{Checkout, Notifications, PartnerUrls, Partners};
+use tally_dispatch::{Dispatcher, Handler};
 use tally_domain::clock::Clock;
+use tally_sandbox::{Sandbox, SandboxConfig};
 use tally_store::Store;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// Which partners the workers call.
+#[derive(Debug, Clone)]
+pub enum PartnerSetup {
+    /// Start the sandbox in this process, with these fault knobs; its webhooks come back here.
+    Sandbox(SandboxConfig),
+    /// Call partners at these URLs.
+    External(PartnerUrls),
+}
 
 /// A started server.
 #[derive(Debug)]
 pub struct Running {
     pub address: SocketAddr,
     pub state: AppState,
+    /// The in-process sandbox, when partners are not configured.
+    pub sandbox: Option<Sandbox>,
     /// Notified whenever events enter the log.
     pub logged: Arc<Notify>,
     shutdown: CancellationToken,
@@ -28,9 +43,24 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     config: ApiConfig,
     listen: SocketAddr,
+    partners: PartnerSetup,
 ) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
+    let (urls, sandbox) = match partners {
+        PartnerSetup::External(urls) => (urls, None),
+        PartnerSetup::Sandbox(mut sandbox_config) => {
+            sandbox_config.webhook_url = Some(format!("http://{address}/v1/webhooks/carrier"));
+            sandbox_config.webhook_secret = config.carrier_webhook_secret.clone();
+            let sandbox =
+                tally_sandbox::start(sandbox_config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            (
+                PartnerUrls::sandbox(&format!("http://{}", sandbox.address)),
+                Some(sandbox),
+            )
+        }
+    };
+    let partners = Partners::new(urls)?;
     let state = AppState::new(Arc::clone(&store), Arc::clone(&clock), config);
     let shutdown = CancellationToken::new();
     let logged = Arc::new(Notify::new());
@@ -43,9 +73,17 @@ pub async fn start(
     ));
     tasks.spawn(tally_api::idempotency::purge_loop(
         Arc::clone(&store),
-        clock,
+        Arc::clone(&clock),
         shutdown.clone(),
     ));
+    let handlers: [Arc<dyn Handler>; 2] = [
+        Arc::new(Checkout::new(partners.clone())),
+        Arc::new(Notifications::new(partners)),
+    ];
+    for handler in handlers {
+        let dispatcher = Dispatcher::new(Arc::clone(&store), Arc::clone(&clock), handler);
+        tasks.spawn(dispatcher.run(Arc::clone(&logged), shutdown.clone()));
+    }
     let router = tally_api::router(state.clone());
     let serve_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -56,6 +94,7 @@ pub async fn start(
     Ok(Running {
         address,
         state,
+        sandbox,
         logged,
         shutdown,
         tasks,
@@ -72,6 +111,9 @@ impl Running {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.stop().await;
+        }
     }
 
     /// Waits until the server stops (its token was cancelled elsewhere or a task ended).

@@ -12,6 +12,8 @@
 //! - [`spawn_app`] and [`TestApp`]: a served Tally and request helpers.
 //! - [`OffsetClock`]: a clock tests can move forward.
 
+pub mod saga;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,6 +25,7 @@ use tally_api::ApiConfig;
 use tally_api::auth::Scope;
 use tally_domain::clock::Clock;
 use tally_domain::ids::TenantId;
+use tally_sandbox::SandboxConfig;
 pub use tally_store::Engine;
 use tally_store::{ConnectOptions, Store};
 
@@ -137,16 +140,24 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(engine: Engine) -> TestApp {
-    spawn_app_with(engine, ApiConfig::default()).await
+    spawn_app_with(engine, ApiConfig::default(), SandboxConfig::default()).await
 }
 
-pub async fn spawn_app_with(engine: Engine, config: ApiConfig) -> TestApp {
+/// A Tally whose in-process partner sandbox runs with `sandbox`'s fault knobs.
+pub async fn spawn_app_with(engine: Engine, config: ApiConfig, sandbox: SandboxConfig) -> TestApp {
     let db = fresh_database(engine).await;
     let clock = Arc::new(OffsetClock::default());
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-    let running = tally::server::start(Arc::clone(&db.store), clock.clone(), config, listen)
-        .await
-        .expect("start the server");
+    let partners = tally::server::PartnerSetup::Sandbox(sandbox);
+    let running = tally::server::start(
+        Arc::clone(&db.store),
+        clock.clone(),
+        config,
+        listen,
+        partners,
+    )
+    .await
+    .expect("start the server");
     let issued = tally::admin::create_tenant(
         db.store.as_ref(),
         clock.as_ref(),
@@ -167,6 +178,15 @@ pub async fn spawn_app_with(engine: Engine, config: ApiConfig) -> TestApp {
 }
 
 impl TestApp {
+    /// A client of this app's tenant.
+    pub fn client(&self) -> saga::Client {
+        saga::Client {
+            http: self.client.clone(),
+            base: format!("http://{}", self.address),
+            key: self.key.clone(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
@@ -254,6 +274,15 @@ impl TestApp {
         .send()
         .await
         .expect("POST /v1/inventory/adjustments")
+    }
+
+    /// Every effect the partner sandbox received.
+    pub fn partner_effects(&self) -> Vec<tally_sandbox::Effect> {
+        self.running
+            .sandbox
+            .as_ref()
+            .map(|s| s.effects())
+            .unwrap_or_default()
     }
 
     pub async fn stop(self) {

@@ -1,10 +1,12 @@
 //! One module per resource; each holds its wire types, their parsing into domain commands, and
 //! its handlers.
 
+pub mod dead_letters;
 pub mod health;
 pub mod inventory;
 pub mod orders;
 pub mod products;
+pub mod webhooks;
 
 use tally_store::command::Outcome;
 use tally_store::{NewEvent, StoredResponse};
@@ -19,5 +21,6 @@ pub(crate) fn render(outcome: &Outcome, events: &[NewEvent]) -> StoredResponse {
             level,
         } => inventory::render_adjusted(sku, location, level),
         Outcome::OrderPlaced(order) => orders::render_placed(order, events),
+        Outcome::OrderChanged(record) => orders::render_changed(record),
     }
 }

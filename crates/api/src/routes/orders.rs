@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::OrdersKey;
-use crate::idempotency::{CommandRequest, execute, render_json};
+use crate::idempotency::{CommandRequest, NoBody, execute, render_json};
 use crate::problem::{ApiError, Problem};
 use crate::validate::Fields;
 
@@ -267,6 +267,15 @@ pub(crate) fn render_placed(order: &Order, events: &[NewEvent]) -> StoredRespons
     )
 }
 
+pub(crate) fn render_changed(record: &OrderRecord) -> StoredResponse {
+    let body = order_response(record.clone(), None);
+    render_json(
+        StatusCode::ACCEPTED,
+        Some(format!("/v1/orders/{}", record.id)),
+        &body,
+    )
+}
+
 fn order_response(record: OrderRecord, timeline: Option<Vec<TimelineEntry>>) -> OrderResponse {
     let address = record.shipping_address;
     OrderResponse {
@@ -328,6 +337,63 @@ pub async fn place_order(
         &principal,
         request,
         Command::PlaceOrder(order),
+        &super::render,
+    )
+    .await
+}
+
+/// Ask to cancel an order. The checkout saga cancels it at its next step, voiding the
+/// authorization or refunding the capture and releasing the stock; the timeline shows it.
+/// Orders already handed to the carrier cannot be cancelled (409): return them instead.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/cancel", tag = "orders",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    responses(
+        (status = 202, body = OrderResponse, description = "Cancellation requested"),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    OrdersKey(principal): OrdersKey,
+    Path(id): Path<String>,
+    request: CommandRequest<NoBody>,
+) -> Result<Response, ApiError> {
+    let id: OrderId = id.parse().map_err(|_| ApiError::NotFound("order"))?;
+    execute(
+        &state,
+        &principal,
+        request,
+        Command::CancelOrder(id),
+        &super::render,
+    )
+    .await
+}
+
+/// Record that a delivered order came back: its goods return to stock and the checkout saga
+/// refunds the payment.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/return", tag = "orders",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    responses(
+        (status = 202, body = OrderResponse, description = "Returned; the refund follows"),
+        (status = 404, body = Problem), (status = 409, body = Problem),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn return_order(
+    State(state): State<AppState>,
+    OrdersKey(principal): OrdersKey,
+    Path(id): Path<String>,
+    request: CommandRequest<NoBody>,
+) -> Result<Response, ApiError> {
+    let id: OrderId = id.parse().map_err(|_| ApiError::NotFound("order"))?;
+    execute(
+        &state,
+        &principal,
+        request,
+        Command::ReturnOrder(id),
         &super::render,
     )
     .await

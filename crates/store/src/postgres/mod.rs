@@ -27,6 +27,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// uses of advisory locks never collide with each other.
 pub(crate) const LOCK_CLASS_PARTITION_KEY: i32 = 0x7461_0001;
 pub(crate) const LOCK_CLASS_IDEMPOTENCY_KEY: i32 = 0x7461_0002;
+pub(crate) const LOCK_CLASS_AUDIT_SEALER: i32 = 0x7461_0003;
 
 #[derive(Debug, Clone)]
 pub struct PgStore {

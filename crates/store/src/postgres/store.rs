@@ -336,6 +336,322 @@ impl Store for PgStore {
         Ok(pending)
     }
 
+    async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One sealer at a time: chains are extended strictly one after another.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(super::LOCK_CLASS_AUDIT_SEALER)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let unsealed = rows
+            .iter()
+            .map(|row| {
+                Ok(crate::audit::Unsealed {
+                    seq: row.try_get("seq")?,
+                    tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
+                    body: {
+                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
+                        b
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut heads = std::collections::HashMap::new();
+        for tenant in unsealed
+            .iter()
+            .map(|u| u.tenant)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(head) = head {
+                let hash: Vec<u8> = head.try_get("hash")?;
+                let hash = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
+                heads.insert(
+                    tenant,
+                    tally_audit::ChainHead {
+                        sequence: head.try_get("sequence")?,
+                        hash,
+                    },
+                );
+            }
+        }
+        let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
+        for (seq, record) in &sealed {
+            sqlx::query(
+                "UPDATE audit_records SET sequence = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+            )
+            .bind(record.sequence)
+            .bind(&record.prev_hash[..])
+            .bind(&record.hash[..])
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (tenant, head) in &heads {
+            sqlx::query(
+                "INSERT INTO audit_heads (tenant_id, sequence, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
+            )
+            .bind(tenant.as_uuid())
+            .bind(head.sequence)
+            .bind(&head.hash[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(sealed.len() as u64)
+    }
+
+    async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = $1 AND sequence IS NOT NULL ORDER BY sequence",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+                let hash: Vec<u8> = row.try_get("hash")?;
+                crate::audit::sealed_record(
+                    {
+                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
+                        b
+                    },
+                    row.try_get("sequence")?,
+                    &prev_hash,
+                    &hash,
+                )
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| -> Result<tally_audit::ChainHead, StoreError> {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let hash = hash
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
+                Ok(tally_audit::ChainHead {
+                    sequence: row.try_get("sequence")?,
+                    hash,
+                })
+            })
+            .transpose()?;
+        let unsealed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_records WHERE tenant_id = $1 AND sequence IS NULL",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AuditChain {
+            records,
+            head,
+            unsealed,
+        })
+    }
+
+    async fn audit_of(
+        &self,
+        tenant: TenantId,
+        entity_type: &str,
+        entity_id: &str,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, sequence, at, body, entity_type, entity_id, prev_hash, hash FROM audit_records WHERE tenant_id = $1 AND entity_type = $2 AND entity_id = $3 ORDER BY seq",
+        )
+        .bind(tenant.as_uuid())
+        .bind(entity_type)
+        .bind(entity_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRow {
+                    id: row.try_get("id")?,
+                    tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
+                    sequence: row.try_get("sequence")?,
+                    at: row.try_get("at")?,
+                    entity_type: row.try_get("entity_type")?,
+                    entity_id: row.try_get("entity_id")?,
+                    body: {
+                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
+                        b
+                    },
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(TenantId::from_uuid).collect())
+    }
+
+    async fn journal(&self, tenant: TenantId) -> Result<Vec<StoredEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, pending_id, body, order_id, created_at FROM journal_entries WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        let postings = sqlx::query(
+            "SELECT entry_id, account, currency, amount_minor FROM postings WHERE tenant_id = $1 ORDER BY entry_id, line",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_entry: std::collections::HashMap<String, Vec<PostingRecord>> =
+            std::collections::HashMap::new();
+        for row in &postings {
+            by_entry
+                .entry(row.try_get("entry_id")?)
+                .or_default()
+                .push(PostingRecord {
+                    account: row.try_get("account")?,
+                    currency: row.try_get("currency")?,
+                    amount_minor: row.try_get("amount_minor")?,
+                });
+        }
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let order: Option<Uuid> = row.try_get("order_id")?;
+                Ok(StoredEntry {
+                    postings: by_entry.remove(&id).unwrap_or_default(),
+                    record: JournalEntryRecord {
+                        tenant_id: tenant,
+                        kind: row.try_get("kind")?,
+                        pending_id: row.try_get("pending_id")?,
+                        order_id: order.map(OrderId::from_uuid),
+                        body: {
+                            let Json(b): Json<serde_json::Value> = row.try_get("body")?;
+                            b
+                        },
+                        created_at: row.try_get("created_at")?,
+                        id,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn account_postings(
+        &self,
+        tenant: TenantId,
+        account: &str,
+    ) -> Result<Vec<AccountPosting>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT p.entry_id, e.kind, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = $1 AND p.account = $2 ORDER BY e.created_at, p.entry_id",
+        )
+        .bind(tenant.as_uuid())
+        .bind(account)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountPosting {
+                    entry_id: row.try_get("entry_id")?,
+                    kind: row.try_get("kind")?,
+                    currency: row.try_get("currency")?,
+                    amount_minor: row.try_get("amount_minor")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settled_orders(&self, tenant: TenantId) -> Result<Vec<(OrderId, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, currency FROM orders WHERE tenant_id = $1 AND status IN ('completed', 'cancelled', 'refunded')",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    OrderId::from_uuid(row.try_get("id")?),
+                    row.try_get("currency")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError> {
+        let levels = sqlx::query("SELECT tenant_id, sku, location, on_hand, reserved FROM stock_levels ORDER BY tenant_id, sku, location")
+            .fetch_all(&self.pool)
+            .await?;
+        let sums = sqlx::query(
+            "SELECT tenant_id, sku, location, kind, sum(quantity)::bigint AS total FROM stock_movements GROUP BY tenant_id, sku, location, kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut movements: std::collections::HashMap<
+            (Uuid, String, String),
+            BTreeMap<String, i64>,
+        > = std::collections::HashMap::new();
+        for row in &sums {
+            let key = (
+                row.try_get("tenant_id")?,
+                row.try_get("sku")?,
+                row.try_get("location")?,
+            );
+            movements
+                .entry(key)
+                .or_default()
+                .insert(row.try_get("kind")?, row.try_get("total")?);
+        }
+        levels
+            .iter()
+            .map(|row| {
+                let tenant: Uuid = row.try_get("tenant_id")?;
+                let sku: String = row.try_get("sku")?;
+                let location: String = row.try_get("location")?;
+                Ok(StockReconciliation {
+                    movements: movements
+                        .remove(&(tenant, sku.clone(), location.clone()))
+                        .unwrap_or_default(),
+                    tenant_id: TenantId::from_uuid(tenant),
+                    sku,
+                    location,
+                    on_hand: row.try_get("on_hand")?,
+                    reserved: row.try_get("reserved")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn order_status_counts(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, count(*) AS n FROM orders WHERE tenant_id = $1 GROUP BY status ORDER BY status")
+            .bind(tenant.as_uuid())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
+            .collect()
+    }
+
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
         let row = sqlx::query(&format!("{SELECT_LOG_EVENT} WHERE id = $1"))
             .bind(id.as_uuid())

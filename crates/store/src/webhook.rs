@@ -1,0 +1,132 @@
+//! Applying a verified carrier webhook: the shipment left (the reserved units leave stock) or
+//! arrived. Deliveries are deduplicated by the carrier's delivery id in the same transaction
+//! as the change, so the same webhook delivered three times changes the order once.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tally_domain::event::{EventDraft, EventType};
+use tally_domain::ids::{OrderId, TenantId};
+use tally_domain::order::OrderStatus;
+
+use crate::audit::{Actor, Cause, Change};
+use crate::log::{Causes, envelope};
+use crate::{Store, StoreError};
+
+/// What the carrier reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipmentUpdate {
+    Shipped,
+    Delivered,
+}
+
+/// What became of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The order changed.
+    Applied,
+    /// Already applied, or nothing left to change: acknowledged without effect.
+    AlreadyApplied,
+    /// The order is not at the step the webhook follows yet (the saga has not recorded the
+    /// shipment request): the carrier should deliver it again later.
+    NotReady,
+    UnknownOrder,
+}
+
+/// Which status a webhook moves an order from and to.
+const fn transition(update: ShipmentUpdate) -> (OrderStatus, OrderStatus, EventType) {
+    match update {
+        ShipmentUpdate::Shipped => (
+            OrderStatus::FulfillmentRequested,
+            OrderStatus::Shipped,
+            EventType::OrderShipped,
+        ),
+        ShipmentUpdate::Delivered => (
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+            EventType::OrderDelivered,
+        ),
+    }
+}
+
+/// Applies one delivery of a carrier webhook in one transaction.
+pub async fn apply_shipment_update(
+    store: &dyn Store,
+    tenant: TenantId,
+    order: OrderId,
+    update: ShipmentUpdate,
+    delivery_id: &str,
+    now: DateTime<Utc>,
+) -> Result<WebhookOutcome, StoreError> {
+    let mut tx = store.begin().await?;
+    if !tx
+        .insert_webhook_delivery("carrier", delivery_id, now)
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(WebhookOutcome::AlreadyApplied);
+    }
+    let Some(mut state) = tx.lock_order(tenant, order).await? else {
+        tx.rollback().await?;
+        return Ok(WebhookOutcome::UnknownOrder);
+    };
+    let status =
+        OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
+    let (from, to, event_type) = transition(update);
+    if status != from {
+        let before_step = matches!(
+            (update, status),
+            (ShipmentUpdate::Shipped, OrderStatus::Captured)
+                | (
+                    ShipmentUpdate::Delivered,
+                    OrderStatus::Captured | OrderStatus::FulfillmentRequested
+                )
+        );
+        if before_step {
+            tx.rollback().await?;
+            return Ok(WebhookOutcome::NotReady);
+        }
+        tx.commit().await?;
+        return Ok(WebhookOutcome::AlreadyApplied);
+    }
+    if update == ShipmentUpdate::Shipped {
+        crate::stock::ship(tx.as_mut(), tenant, order, &mut state.saga, now).await?;
+    }
+    tx.update_order(tenant, order, to.as_str(), &state.saga, now)
+        .await?;
+    let key = order.to_string();
+    let draft = EventDraft::new(
+        event_type,
+        key.clone(),
+        key,
+        &json!({"order_id": order, "delivery_id": delivery_id}),
+    );
+    let causes = Causes {
+        correlation_id: None,
+        causation_id: Some(format!("webhook:{delivery_id}")),
+        traceparent: None,
+    };
+    let event = envelope(draft, tenant, store.log_partitions(), now, &causes);
+    let change = Change {
+        entity_type: "order",
+        entity_id: order.to_string(),
+        action: event.event_type,
+        before: Some(json!({"status": status.as_str()})),
+        after: Some(json!({"status": to.as_str(), "saga": state.saga})),
+    };
+    let cause = Cause {
+        idempotency_key: Some(delivery_id.to_owned()),
+        causation_id: causes.causation_id.clone(),
+        ..Cause::default()
+    };
+    let audit = crate::audit::record(
+        tenant,
+        now,
+        Actor::Partner("carrier".to_owned()),
+        change,
+        cause,
+    );
+    tx.insert_audit(&audit).await?;
+    tx.append_events(std::slice::from_ref(&event)).await?;
+    tx.commit().await?;
+    Ok(WebhookOutcome::Applied)
+}
