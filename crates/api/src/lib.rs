@@ -119,6 +119,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}/cancel", post(routes::orders::cancel_order))
         .route("/v1/orders/{id}/return", post(routes::orders::return_order))
         .route("/v1/webhooks/carrier", post(routes::webhooks::carrier))
+        .route("/v1/ledger/accounts/{id}", get(routes::books::account))
+        .route("/v1/audit", get(routes::books::audit))
         .route("/v1/dead-letters", get(routes::dead_letters::list))
         .route(
             "/v1/dead-letters/{id}/retry",

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{dead_letters, health, inventory, orders, products, webhooks};
+use crate::routes::{books, dead_letters, health, inventory, orders, products, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use crate::routes::{dead_letters, health, inventory, orders, products, webhooks}
         orders::place_order, orders::get_order, orders::list_orders,
         orders::cancel_order, orders::return_order,
         webhooks::carrier,
+        books::account, books::audit,
         dead_letters::list, dead_letters::retry, dead_letters::discard,
         health::livez, health::readyz,
     ),
@@ -25,6 +26,7 @@ use crate::routes::{dead_letters, health, inventory, orders, products, webhooks}
         (name = "catalog", description = "Products, variants and prices (scope 'admin')"),
         (name = "inventory", description = "Stock per SKU and location (scope 'admin')"),
         (name = "orders", description = "Order intake and queries (scope 'orders')"),
+        (name = "ledger", description = "Ledger accounts and the audit trail (scope 'admin')"),
         (name = "operations", description = "Dead letters (scope 'admin')"),
         (name = "webhooks", description = "Signed partner webhooks"),
         (name = "health", description = "Liveness and readiness"),

@@ -328,6 +328,8 @@ pub struct StoredEntry {
 pub struct AccountPosting {
     pub entry_id: String,
     pub kind: String,
+    /// The pending entry a post or void resolves.
+    pub pending_id: Option<String>,
     pub currency: String,
     pub amount_minor: i64,
     pub created_at: DateTime<Utc>,

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tally::server::PartnerSetup;
 use tally_api::ApiConfig;
 use tally_checkout::PartnerUrls;
-use tally_domain::clock::SystemClock;
+use tally_domain::clock::{Clock, SystemClock};
 use tally_domain::ids::TenantId;
 use tally_sandbox::SandboxConfig;
 use tally_store::ConnectOptions;
@@ -67,6 +67,17 @@ enum Commands {
     /// The hash-chained audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rewind a consumer group so it sees the log again from an offset or a time. Events the
+    /// group applied before are skipped by its inbox; a new group reads everything.
+    Replay {
+        /// The consumer group: checkout, notifications, or a group of your own.
+        #[arg(long)]
+        group: String,
+        /// A log position (the group resumes after it) or an RFC 3339 time (the group resumes
+        /// with the first event at or after it).
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Commands::Replay { group, from } => replay(store.as_ref(), &group, &from).await,
         Commands::Ledger(LedgerCommand::Check) => {
             let violations = tally::checks::ledger(store.as_ref()).await?;
             report("ledger", &violations)
@@ -237,6 +249,27 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn replay(store: &dyn tally_store::Store, group: &str, from: &str) -> anyhow::Result<()> {
+    let target = if let Ok(position) = from.parse::<i64>() {
+        anyhow::ensure!(position >= 0, "--from must be a position of 0 or more, or an RFC 3339 time");
+        Err(position)
+    } else {
+        let time = chrono::DateTime::parse_from_rfc3339(from)
+            .map_err(|_| anyhow::anyhow!("--from must be a log position or an RFC 3339 time such as 2026-01-31T00:00:00Z"))?;
+        Ok(time.with_timezone(&chrono::Utc))
+    };
+    let now = SystemClock.now();
+    for partition in 0..store.log_partitions() {
+        let position = match target {
+            Err(position) => position,
+            Ok(time) => store.position_before(partition, time).await?,
+        };
+        store.commit_consumer_offset(group, partition, position, now).await?;
+        eprintln!("group {group}, partition {partition}: resumes after position {position}");
+    }
+    Ok(())
 }
 
 /// Prints every violation and fails when there is one.

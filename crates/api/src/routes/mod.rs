@@ -1,6 +1,7 @@
 //! One module per resource; each holds its wire types, their parsing into domain commands, and
 //! its handlers.
 
+pub mod books;
 pub mod dead_letters;
 pub mod health;
 pub mod inventory;

@@ -329,6 +329,17 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn position_before(&self, partition: u32, time: DateTime<Utc>) -> Result<i64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT max(position) FROM events WHERE partition = $1 AND time < $2 AND position IS NOT NULL",
+        )
+        .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
+        .bind(time)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(position.unwrap_or(0))
+    }
+
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
         let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE position IS NULL")
             .fetch_one(&self.pool)
@@ -559,7 +570,7 @@ impl Store for PgStore {
         account: &str,
     ) -> Result<Vec<AccountPosting>, StoreError> {
         let rows = sqlx::query(
-            "SELECT p.entry_id, e.kind, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = $1 AND p.account = $2 ORDER BY e.created_at, p.entry_id",
+            "SELECT p.entry_id, e.kind, e.pending_id, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = $1 AND p.account = $2 ORDER BY e.created_at, p.entry_id",
         )
         .bind(tenant.as_uuid())
         .bind(account)
@@ -570,6 +581,7 @@ impl Store for PgStore {
                 Ok(AccountPosting {
                     entry_id: row.try_get("entry_id")?,
                     kind: row.try_get("kind")?,
+                    pending_id: row.try_get("pending_id")?,
                     currency: row.try_get("currency")?,
                     amount_minor: row.try_get("amount_minor")?,
                     created_at: row.try_get("created_at")?,

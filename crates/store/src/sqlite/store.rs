@@ -305,6 +305,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn position_before(&self, partition: u32, time: DateTime<Utc>) -> Result<i64, StoreError> {
+        let position: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
+            .bind(i64::from(partition))
+            .bind(to_micros(time))
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(position.unwrap_or(0))
+    }
+
     async fn outbox_pending(&self) -> Result<i64, StoreError> {
         Ok(0)
     }
@@ -531,7 +540,7 @@ impl Store for SqliteStore {
         account: &str,
     ) -> Result<Vec<AccountPosting>, StoreError> {
         let rows = sqlx::query(
-            "SELECT p.entry_id, e.kind, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = ? AND p.account = ? ORDER BY e.created_at, p.entry_id",
+            "SELECT p.entry_id, e.kind, e.pending_id, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = ? AND p.account = ? ORDER BY e.created_at, p.entry_id",
         )
         .bind(tenant.as_uuid())
         .bind(account)
@@ -542,6 +551,7 @@ impl Store for SqliteStore {
                 Ok(AccountPosting {
                     entry_id: row.try_get("entry_id")?,
                     kind: row.try_get("kind")?,
+                    pending_id: row.try_get("pending_id")?,
                     currency: row.try_get("currency")?,
                     amount_minor: row.try_get("amount_minor")?,
                     created_at: from_micros(row.try_get("created_at")?)?,
