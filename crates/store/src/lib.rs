@@ -198,7 +198,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<(), StoreError>;
     /// The last log position of `partition` whose event happened before `time` (0 if none):
     /// where a consumer group rewound to `time` resumes.
-    async fn position_before(&self, partition: u32, time: DateTime<Utc>) -> Result<i64, StoreError>;
+    async fn position_before(&self, partition: u32, time: DateTime<Utc>)
+    -> Result<i64, StoreError>;
     /// Outbox rows not yet in the log: the relay's lag.
     async fn outbox_pending(&self) -> Result<i64, StoreError>;
     /// One event by id, whether or not it is in the log yet.

@@ -253,11 +253,17 @@ async fn main() -> anyhow::Result<()> {
 
 async fn replay(store: &dyn tally_store::Store, group: &str, from: &str) -> anyhow::Result<()> {
     let target = if let Ok(position) = from.parse::<i64>() {
-        anyhow::ensure!(position >= 0, "--from must be a position of 0 or more, or an RFC 3339 time");
+        anyhow::ensure!(
+            position >= 0,
+            "--from must be a position of 0 or more, or an RFC 3339 time"
+        );
         Err(position)
     } else {
-        let time = chrono::DateTime::parse_from_rfc3339(from)
-            .map_err(|_| anyhow::anyhow!("--from must be a log position or an RFC 3339 time such as 2026-01-31T00:00:00Z"))?;
+        let time = chrono::DateTime::parse_from_rfc3339(from).map_err(|_| {
+            anyhow::anyhow!(
+                "--from must be a log position or an RFC 3339 time such as 2026-01-31T00:00:00Z"
+            )
+        })?;
         Ok(time.with_timezone(&chrono::Utc))
     };
     let now = SystemClock.now();
@@ -266,7 +272,9 @@ async fn replay(store: &dyn tally_store::Store, group: &str, from: &str) -> anyh
             Err(position) => position,
             Ok(time) => store.position_before(partition, time).await?,
         };
-        store.commit_consumer_offset(group, partition, position, now).await?;
+        store
+            .commit_consumer_offset(group, partition, position, now)
+            .await?;
         eprintln!("group {group}, partition {partition}: resumes after position {position}");
     }
     Ok(())

@@ -48,19 +48,37 @@ pub struct AccountView {
     responses((status = 200, body = AccountView), (status = 404, body = Problem)),
     security(("api_key" = []))
 )]
-pub async fn account(State(state): State<AppState>, AdminKey(principal): AdminKey, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
-    let postings = state.inner.store.account_postings(principal.tenant, &id).await?;
+pub async fn account(
+    State(state): State<AppState>,
+    AdminKey(principal): AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    let postings = state
+        .inner
+        .store
+        .account_postings(principal.tenant, &id)
+        .await?;
     if postings.is_empty() {
         return Err(ApiError::NotFound("account"));
     }
     // Two-phase entries: a pending entry counts as pending until a post or void resolves it;
     // a post counts as posted; a void moves nothing.
-    let resolved: std::collections::HashSet<&str> = postings.iter().filter_map(|p| p.pending_id.as_deref()).collect();
+    let resolved: std::collections::HashSet<&str> = postings
+        .iter()
+        .filter_map(|p| p.pending_id.as_deref())
+        .collect();
     let mut balances: BTreeMap<String, AccountBalance> = BTreeMap::new();
     for posting in &postings {
-        let balance = balances.entry(posting.currency.clone()).or_insert(AccountBalance { posted_minor: 0, pending_minor: 0 });
+        let balance = balances
+            .entry(posting.currency.clone())
+            .or_insert(AccountBalance {
+                posted_minor: 0,
+                pending_minor: 0,
+            });
         match posting.kind.as_str() {
-            "pending" if !resolved.contains(posting.entry_id.as_str()) => balance.pending_minor += posting.amount_minor,
+            "pending" if !resolved.contains(posting.entry_id.as_str()) => {
+                balance.pending_minor += posting.amount_minor
+            }
             "posted" | "post_pending" => balance.posted_minor += posting.amount_minor,
             _ => {}
         }
@@ -70,7 +88,13 @@ pub async fn account(State(state): State<AppState>, AdminKey(principal): AdminKe
         balances,
         postings: postings
             .into_iter()
-            .map(|p| AccountPostingView { entry_id: p.entry_id, kind: p.kind, currency: p.currency, amount_minor: p.amount_minor, created_at: p.created_at })
+            .map(|p| AccountPostingView {
+                entry_id: p.entry_id,
+                kind: p.kind,
+                currency: p.currency,
+                amount_minor: p.amount_minor,
+                created_at: p.created_at,
+            })
             .collect(),
     }))
 }
@@ -102,16 +126,30 @@ pub struct AuditEntry {
     responses((status = 200, body = Vec<AuditEntry>), (status = 400, body = Problem)),
     security(("api_key" = []))
 )]
-pub async fn audit(State(state): State<AppState>, AdminKey(principal): AdminKey, RawQuery(raw): RawQuery) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    let query: AuditQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
-    let (entity_type, entity_id) = query
-        .entity
-        .split_once(':')
-        .ok_or_else(|| ApiError::InvalidQuery("'entity' must be TYPE:ID, such as order:0192…".into()))?;
-    let rows = state.inner.store.audit_of(principal.tenant, entity_type, entity_id).await?;
+pub async fn audit(
+    State(state): State<AppState>,
+    AdminKey(principal): AdminKey,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let query: AuditQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let (entity_type, entity_id) = query.entity.split_once(':').ok_or_else(|| {
+        ApiError::InvalidQuery("'entity' must be TYPE:ID, such as order:0192…".into())
+    })?;
+    let rows = state
+        .inner
+        .store
+        .audit_of(principal.tenant, entity_type, entity_id)
+        .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|r| AuditEntry { id: r.id, sequence: r.sequence, at: r.at, record: r.body, hash: r.hash.map(hex::encode) })
+            .map(|r| AuditEntry {
+                id: r.id,
+                sequence: r.sequence,
+                at: r.at,
+                record: r.body,
+                hash: r.hash.map(hex::encode),
+            })
             .collect(),
     ))
 }

@@ -329,7 +329,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn position_before(&self, partition: u32, time: DateTime<Utc>) -> Result<i64, StoreError> {
+    async fn position_before(
+        &self,
+        partition: u32,
+        time: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
         let position: Option<i64> = sqlx::query_scalar(
             "SELECT max(position) FROM events WHERE partition = $1 AND time < $2 AND position IS NOT NULL",
         )

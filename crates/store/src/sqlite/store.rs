@@ -305,12 +305,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn position_before(&self, partition: u32, time: DateTime<Utc>) -> Result<i64, StoreError> {
-        let position: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
-            .bind(i64::from(partition))
-            .bind(to_micros(time))
-            .fetch_one(&self.reader)
-            .await?;
+    async fn position_before(
+        &self,
+        partition: u32,
+        time: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
+                .bind(i64::from(partition))
+                .bind(to_micros(time))
+                .fetch_one(&self.reader)
+                .await?;
         Ok(position.unwrap_or(0))
     }
 
