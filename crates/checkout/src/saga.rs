@@ -114,12 +114,16 @@ async fn current_status(
     delivery: &Delivery,
     event: &LogEvent,
     order: OrderId,
-) -> Result<Option<OrderState>, EffectError> {
-    let record = delivery.store().order(event.tenant_id, order).await?;
-    Ok(record.map(|record| OrderState {
+) -> Result<OrderState, EffectError> {
+    let record = delivery
+        .store()
+        .order(event.tenant_id, order)
+        .await?
+        .ok_or_else(|| EffectError::Permanent(format!("order {order} does not exist")))?;
+    Ok(OrderState {
         saga: record.saga.clone(),
         record,
-    }))
+    })
 }
 
 /// Reserves every line's stock, or cancels the order when some line is out of stock.
@@ -185,11 +189,7 @@ impl Checkout {
         order: OrderId,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
-        let Some(snapshot) = current_status(delivery, event, order).await? else {
-            return Err(EffectError::Permanent(format!(
-                "order {order} does not exist"
-            )));
-        };
+        let snapshot = current_status(delivery, event, order).await?;
         if status_of(&snapshot)? != OrderStatus::Reserved || snapshot.saga.cancel_requested {
             return skip(delivery).await;
         }
@@ -247,11 +247,7 @@ impl Checkout {
         order: OrderId,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
-        let Some(state) = current_status(delivery, event, order).await? else {
-            return Err(EffectError::Permanent(format!(
-                "order {order} does not exist"
-            )));
-        };
+        let state = current_status(delivery, event, order).await?;
         let (Some(authorization_id), OrderStatus::Authorized, false) = (
             state.saga.authorization_id.clone(),
             status_of(&state)?,
@@ -314,11 +310,7 @@ impl Checkout {
         order: OrderId,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
-        let Some(snapshot) = current_status(delivery, event, order).await? else {
-            return Err(EffectError::Permanent(format!(
-                "order {order} does not exist"
-            )));
-        };
+        let snapshot = current_status(delivery, event, order).await?;
         if status_of(&snapshot)? != OrderStatus::Captured || snapshot.saga.cancel_requested {
             return skip(delivery).await;
         }
@@ -358,11 +350,7 @@ impl Checkout {
         order: OrderId,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
-        let Some(state) = current_status(delivery, event, order).await? else {
-            return Err(EffectError::Permanent(format!(
-                "order {order} does not exist"
-            )));
-        };
+        let state = current_status(delivery, event, order).await?;
         let (Some(capture_id), OrderStatus::Returned) =
             (state.saga.capture_id.clone(), status_of(&state)?)
         else {
@@ -397,11 +385,7 @@ impl Checkout {
         order: OrderId,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
-        let Some(state) = current_status(delivery, event, order).await? else {
-            return Err(EffectError::Permanent(format!(
-                "order {order} does not exist"
-            )));
-        };
+        let state = current_status(delivery, event, order).await?;
         let status = status_of(&state)?;
         let compensated = if !cancellable(status) {
             None

@@ -73,7 +73,25 @@ pub async fn move_reservations(
     Ok(())
 }
 
-/// Gives back the order's reservations if it holds them (a cancellation's compensation).
+/// Ends the order's hold on its reservations, if it still has one: `Released` gives the units
+/// back to available stock (a cancellation's compensation), `Shipped` takes them out of stock
+/// (they left the warehouse).
+async fn end_hold(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    order: OrderId,
+    saga: &mut Saga,
+    kind: MovementKind,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if saga.reservations_held {
+        move_reservations(tx, tenant, order, &saga.reservations, kind, now).await?;
+        saga.reservations_held = false;
+    }
+    Ok(())
+}
+
+/// Gives back the order's reservations if it holds them.
 pub async fn release(
     tx: &mut dyn Tx,
     tenant: TenantId,
@@ -81,19 +99,7 @@ pub async fn release(
     saga: &mut Saga,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if saga.reservations_held {
-        move_reservations(
-            tx,
-            tenant,
-            order,
-            &saga.reservations,
-            MovementKind::Released,
-            now,
-        )
-        .await?;
-        saga.reservations_held = false;
-    }
-    Ok(())
+    end_hold(tx, tenant, order, saga, MovementKind::Released, now).await
 }
 
 /// The reserved units leave the warehouse.
@@ -104,19 +110,7 @@ pub async fn ship(
     saga: &mut Saga,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if saga.reservations_held {
-        move_reservations(
-            tx,
-            tenant,
-            order,
-            &saga.reservations,
-            MovementKind::Shipped,
-            now,
-        )
-        .await?;
-        saga.reservations_held = false;
-    }
-    Ok(())
+    end_hold(tx, tenant, order, saga, MovementKind::Shipped, now).await
 }
 
 /// Returned units go back on hand where they were shipped from.
