@@ -211,7 +211,37 @@ async fn hundreds_of_orders_with_failing_partners_settle_exactly_once(engine: En
         "{by_status:?}"
     );
     assert_checks_pass(app.store().as_ref(), app.tenant, ORDERS).await;
+    assert_tampering_is_named(&app.db, engine).await;
     app.stop().await;
+}
+
+/// Edits one sealed audit record and deletes another behind Tally's back: `tally audit
+/// verify` names both.
+async fn assert_tampering_is_named(db: &tally_testkit::TestDb, engine: Engine) {
+    let edit = "UPDATE audit_records SET body = jsonb_set(body, '{action}', '\"tampered\"') WHERE sequence = 5";
+    let delete = "DELETE FROM audit_records WHERE sequence = 9";
+    match engine {
+        Engine::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+            sqlx::query(edit).execute(&pool).await.expect("edit");
+            sqlx::query(delete).execute(&pool).await.expect("delete");
+        }
+        Engine::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("connect");
+            let edit = "UPDATE audit_records SET body = json_set(body, '$.action', 'tampered') WHERE sequence = 5";
+            sqlx::query(edit).execute(&pool).await.expect("edit");
+            sqlx::query(delete).execute(&pool).await.expect("delete");
+        }
+    }
+    let (violations, _) = tally::checks::audit(db.store.as_ref())
+        .await
+        .expect("audit verify");
+    let named = |sequence: &str| violations.iter().any(|v| v.contains(sequence));
+    assert!(named("5"), "the edited record is named: {violations:?}");
+    assert!(
+        named("9"),
+        "the deleted record's place is named: {violations:?}"
+    );
 }
 
 /// Orders placed per worker-crash run.
