@@ -32,6 +32,24 @@ pub enum WebhookOutcome {
     UnknownOrder,
 }
 
+/// Where a status stands on the forward path of an order; `None` for a cancelled order, which
+/// leaves the path.
+const fn lifecycle_rank(status: OrderStatus) -> Option<u8> {
+    match status {
+        OrderStatus::Placed => Some(0),
+        OrderStatus::Reserved => Some(1),
+        OrderStatus::Authorized => Some(2),
+        OrderStatus::Captured => Some(3),
+        OrderStatus::FulfillmentRequested => Some(4),
+        OrderStatus::Shipped => Some(5),
+        OrderStatus::Delivered => Some(6),
+        OrderStatus::Completed => Some(7),
+        OrderStatus::Returned => Some(8),
+        OrderStatus::Refunded => Some(9),
+        OrderStatus::Cancelled => None,
+    }
+}
+
 /// Which status a webhook moves an order from and to.
 const fn transition(update: ShipmentUpdate) -> (OrderStatus, OrderStatus, EventType) {
     match update {
@@ -73,20 +91,19 @@ pub async fn apply_shipment_update(
         OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
     let (from, to, event_type) = transition(update);
     if status != from {
-        let before_step = matches!(
-            (update, status),
-            (ShipmentUpdate::Shipped, OrderStatus::Captured)
-                | (
-                    ShipmentUpdate::Delivered,
-                    OrderStatus::Captured | OrderStatus::FulfillmentRequested
-                )
-        );
-        if before_step {
-            tx.rollback().await?;
-            return Ok(WebhookOutcome::NotReady);
-        }
-        tx.commit().await?;
-        return Ok(WebhookOutcome::AlreadyApplied);
+        return match lifecycle_rank(status) {
+            // Not at the step the update follows yet: refuse without recording the delivery, so
+            // the carrier's retry is applied once the saga gets there.
+            Some(rank) if Some(rank) < lifecycle_rank(from) => {
+                tx.rollback().await?;
+                Ok(WebhookOutcome::NotReady)
+            }
+            // Past it (a repeat under another id) or cancelled: acknowledged, nothing changes.
+            _ => {
+                tx.commit().await?;
+                Ok(WebhookOutcome::AlreadyApplied)
+            }
+        };
     }
     if update == ShipmentUpdate::Shipped {
         crate::stock::ship(tx.as_mut(), tenant, order, &mut state.saga, now).await?;

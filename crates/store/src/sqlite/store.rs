@@ -663,7 +663,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE tenant_id = ? AND (? IS NULL OR status = ?) ORDER BY created_at DESC LIMIT ?"
+            "{SELECT_DEAD_LETTER} WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC LIMIT ?3"
         ))
         .bind(tenant.as_uuid())
         .bind(status)
