@@ -85,6 +85,8 @@ pub struct Delivery {
     /// which must not move the offset (the partition is past it already) and is marked
     /// retried in the effect's transaction.
     dead_letter: Option<DeadLetterRecord>,
+    /// Woken after the effect commits: its events are the next steps of other consumers.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Delivery {
@@ -149,6 +151,7 @@ impl Delivery {
             }
         }
         tx.commit().await?;
+        self.wake.notify_waiters();
         Ok(())
     }
 }

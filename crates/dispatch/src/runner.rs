@@ -27,20 +27,30 @@ pub struct Dispatcher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     handler: Arc<dyn Handler>,
+    /// Notified when events enter the log: wakes idle partitions, and is notified in turn after
+    /// every effect that commits (on SQLite its events are in the log at once).
+    logged: Arc<Notify>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, handler: Arc<dyn Handler>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        handler: Arc<dyn Handler>,
+        logged: Arc<Notify>,
+    ) -> Self {
         Self {
             store,
             clock,
             handler,
+            logged,
         }
     }
 
     /// Consumes every partition until `shutdown`. `logged` wakes idle partitions when new events
     /// enter the log.
-    pub async fn run(self, logged: Arc<Notify>, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let logged = Arc::clone(&self.logged);
         let mut tasks = JoinSet::new();
         for partition in 0..self.store.log_partitions() {
             let this = self.clone();
@@ -119,6 +129,7 @@ impl Dispatcher {
             group: self.handler.group(),
             event: event.clone(),
             dead_letter: None,
+            wake: Arc::clone(&self.logged),
         };
         let mut failures = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
@@ -207,6 +218,7 @@ impl Dispatcher {
                 group,
                 event: event.clone(),
                 dead_letter: Some(letter.clone()),
+                wake: Arc::clone(&self.logged),
             };
             if let Err(error) = self.handler.handle(&event, &delivery).await {
                 let mut attempts = letter.attempts.as_array().cloned().unwrap_or_default();

@@ -60,7 +60,8 @@ pub async fn run(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = appended.notified() => {}
+            // On SQLite the appended events are in the log already: pass the wake-up on.
+            () = appended.notified() => logged.notify_waiters(),
             () = tokio::time::sleep(wait) => {}
         }
     }

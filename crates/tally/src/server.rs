@@ -81,8 +81,13 @@ pub async fn start(
         Arc::new(Notifications::new(partners)),
     ];
     for handler in handlers {
-        let dispatcher = Dispatcher::new(Arc::clone(&store), Arc::clone(&clock), handler);
-        tasks.spawn(dispatcher.run(Arc::clone(&logged), shutdown.clone()));
+        let dispatcher = Dispatcher::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            handler,
+            Arc::clone(&logged),
+        );
+        tasks.spawn(dispatcher.run(shutdown.clone()));
     }
     let router = tally_api::router(state.clone());
     let serve_shutdown = shutdown.clone();
