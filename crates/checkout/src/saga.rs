@@ -222,20 +222,16 @@ impl Checkout {
                 );
             }
             Authorization::Declined { reason } => {
-                tally_store::stock::release(
+                cancel(
                     tx.as_mut(),
-                    event.tenant_id,
+                    event,
                     order,
-                    &mut state.saga,
+                    &mut state,
+                    &mut step,
+                    ("payment_declined", Some(reason)),
                     now,
                 )
                 .await?;
-                state.saga.cancel_reason = Some("payment_declined".to_owned());
-                step.advance(
-                    OrderStatus::Cancelled,
-                    EventType::OrderCancelled,
-                    json!({"reason": "payment_declined", "detail": reason}),
-                );
             }
         }
         step.commit(tx, &state, delivery).await
@@ -285,20 +281,16 @@ impl Checkout {
             Capture::Failed => {
                 let entry = books::void(event, &state, now)?;
                 tx.insert_journal_entry(event.tenant_id, &entry).await?;
-                tally_store::stock::release(
+                cancel(
                     tx.as_mut(),
-                    event.tenant_id,
+                    event,
                     order,
-                    &mut state.saga,
+                    &mut state,
+                    &mut step,
+                    ("capture_failed", None),
                     now,
                 )
                 .await?;
-                state.saga.cancel_reason = Some("capture_failed".to_owned());
-                step.advance(
-                    OrderStatus::Cancelled,
-                    EventType::OrderCancelled,
-                    json!({"reason": "capture_failed"}),
-                );
             }
         }
         step.commit(tx, &state, delivery).await
@@ -430,20 +422,16 @@ impl Checkout {
                     }
                     Compensation::Nothing => {}
                 }
-                tally_store::stock::release(
+                cancel(
                     tx.as_mut(),
-                    event.tenant_id,
+                    event,
                     order,
-                    &mut state.saga,
+                    &mut state,
+                    &mut step,
+                    ("requested", None),
                     now,
                 )
                 .await?;
-                state.saga.cancel_reason = Some("requested".to_owned());
-                step.advance(
-                    OrderStatus::Cancelled,
-                    EventType::OrderCancelled,
-                    json!({"reason": "requested"}),
-                );
             }
         }
         step.commit(tx, &state, delivery).await
@@ -473,6 +461,27 @@ async fn complete(
     let mut step = Step::new(event, order, &state, delivery.clock().now());
     step.advance(OrderStatus::Completed, EventType::OrderCompleted, json!({}));
     step.commit(tx, &state, delivery).await
+}
+
+/// Cancels the order within a step: gives back its stock and announces why (a reason code and
+/// the partner's words, if any).
+async fn cancel(
+    tx: &mut dyn Tx,
+    event: &LogEvent,
+    order: OrderId,
+    state: &mut OrderState,
+    step: &mut Step<'_>,
+    (reason, detail): (&str, Option<String>),
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), EffectError> {
+    tally_store::stock::release(tx, event.tenant_id, order, &mut state.saga, now).await?;
+    state.saga.cancel_reason = Some(reason.to_owned());
+    step.advance(
+        OrderStatus::Cancelled,
+        EventType::OrderCancelled,
+        json!({"reason": reason, "detail": detail}),
+    );
+    Ok(())
 }
 
 /// Marks the event applied without doing anything: the order has moved on.
