@@ -11,9 +11,11 @@
 //! - [`validate`]: collecting every invalid field of a body.
 //! - [`routes`]: one module per resource.
 //! - [`openapi`]: the generated document and Swagger UI.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 
 pub mod auth;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -74,6 +76,7 @@ struct Inner {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
+        metrics::install();
         let commands = Commands::new(
             Arc::clone(&store),
             Arc::clone(&clock),
@@ -132,9 +135,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/livez", get(routes::health::livez))
         .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(metrics::render))
         .merge(openapi::swagger_ui())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())

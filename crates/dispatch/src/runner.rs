@@ -134,8 +134,12 @@ impl Dispatcher {
         let mut failures = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
             match self.handler.handle(&event, &delivery).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    metrics::counter!("tally_events_applied_total", "group" => self.handler.group()).increment(1);
+                    return Ok(());
+                }
                 Err(error) => {
+                    metrics::counter!("tally_effect_failures_total", "group" => self.handler.group()).increment(1);
                     let permanent = matches!(error, EffectError::Permanent(_));
                     failures.push(json!({"at": self.clock.now(), "error": error.to_string()}));
                     if permanent || attempt == ATTEMPTS_MAX {
@@ -166,6 +170,7 @@ impl Dispatcher {
             .unwrap_or("unknown")
             .to_owned();
         tracing::error!(group, event_id = %event.id, event_type = %event.event_type, %error, "event dead-lettered");
+        metrics::counter!("tally_dead_letters_total", "group" => group).increment(1);
         let letter = DeadLetterRecord {
             id: uuid::Uuid::now_v7(),
             tenant_id: event.tenant_id,

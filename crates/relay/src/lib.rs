@@ -38,11 +38,13 @@ pub async fn run(
         }
         let wait = match store.sequence_outbox(RELAY_BATCH_COUNT_MAX).await {
             Ok(positioned) if u64::from(RELAY_BATCH_COUNT_MAX) <= positioned => {
+                metrics::counter!("tally_log_events_total").increment(positioned);
                 logged.notify_waiters();
                 Duration::ZERO
             }
             Ok(positioned) => {
                 if positioned > 0 {
+                    metrics::counter!("tally_log_events_total").increment(positioned);
                     logged.notify_waiters();
                 }
                 RELAY_IDLE_POLL

@@ -33,6 +33,7 @@ tally_testkit::engine_tests!(
     unknown_resources_and_methods_are_problems,
     reads_need_a_key_with_the_scope,
     health_openapi_and_docs,
+    metrics_show_request_latency_and_consumer_work,
 );
 
 const PRODUCTS: &str = "/v1/products";
@@ -862,5 +863,44 @@ async fn health_openapi_and_docs(engine: Engine) {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let html = docs.text().await.expect("the Swagger UI page");
     assert!(html.to_lowercase().contains("swagger"), "{html}");
+    app.stop().await;
+}
+
+/// `/metrics` serves Prometheus text with request latency per route and status, and the
+/// consumers' and relay's counters once an order has run through the saga.
+async fn metrics_show_request_latency_and_consumer_work(engine: Engine) {
+    let app = spawn_app(engine).await;
+    app.create_product("Tee", &[("TEE-9", 1999)]).await;
+    let placed = app
+        .post(
+            "/v1/orders",
+            "metrics-order",
+            &order_body("c-1", &[("TEE-9", 1)]),
+        )
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(placed.status(), 201);
+    let mut text = String::new();
+    for _ in 0..100 {
+        let response = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        text = response.text().await.expect("text");
+        if text.contains("tally_events_applied_total") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/v1/orders""#), "{text}");
+    assert!(text.contains("tally_events_applied_total"), "{text}");
     app.stop().await;
 }
