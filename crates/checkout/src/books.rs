@@ -169,11 +169,6 @@ impl<'a> Step<'a> {
             .push(EventDraft::new(event_type, key.clone(), key, &data));
     }
 
-    /// Leaves the order's status as it is (the saga state may still change).
-    pub(crate) fn keep(&mut self) {
-        self.status = None;
-    }
-
     /// Writes the order, the events and the audit record, then finishes the delivery.
     pub(crate) async fn commit(
         self,

@@ -405,7 +405,8 @@ impl Checkout {
         let mut step = Step::new(event, order, &state, now);
         state.saga.cancel_requested = false;
         match compensated {
-            None => step.keep(),
+            // Too late to cancel: the order keeps its status; only the request flag clears.
+            None => {}
             Some(compensation) => {
                 match compensation {
                     Compensation::Voided => {

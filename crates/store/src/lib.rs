@@ -83,11 +83,6 @@ impl StoreError {
     pub fn is_foreign_key_violation(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_foreign_key_violation())
     }
-
-    /// Whether this is a CHECK constraint violation, such as available stock below zero.
-    pub fn is_check_violation(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if e.is_check_violation())
-    }
 }
 
 /// Pool sizes and other connection settings.
