@@ -146,6 +146,18 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
+/// Health and metrics alone, for processes that run only the relay or workers: a load balancer
+/// must not send them requests, but an orchestrator must be able to probe and scrape them.
+pub fn operations_router(state: AppState) -> Router {
+    Router::new()
+        .route("/livez", get(routes::health::livez))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -74,6 +74,21 @@ pub trait Handler: Send + Sync + std::fmt::Debug {
     async fn handle(&self, event: &LogEvent, delivery: &Delivery) -> Result<(), EffectError>;
 }
 
+/// Where a delivered event came from, which decides what its effect's transaction records
+/// besides the effect.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A partition of the embedded log: the group's offset moves past the event in the
+    /// effect's transaction.
+    Log,
+    /// A Kafka partition: the consumer stores the Kafka offset after the effect's transaction
+    /// commits, so nothing about offsets is written to the store.
+    Kafka,
+    /// The retry of a dead letter, which must not move any offset (the partition is past it
+    /// already); the letter is marked retried in the effect's transaction.
+    DeadLetter(Box<DeadLetterRecord>),
+}
+
 /// The transaction helper of one delivery of one event.
 #[derive(Debug)]
 pub struct Delivery {
@@ -81,15 +96,30 @@ pub struct Delivery {
     clock: Arc<dyn Clock>,
     group: &'static str,
     event: LogEvent,
-    /// `None` for a delivery from the partition; the letter for the retry of a dead letter,
-    /// which must not move the offset (the partition is past it already) and is marked
-    /// retried in the effect's transaction.
-    dead_letter: Option<DeadLetterRecord>,
+    origin: Origin,
     /// Woken after the effect commits: its events are the next steps of other consumers.
     wake: Arc<tokio::sync::Notify>,
 }
 
 impl Delivery {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        group: &'static str,
+        event: LogEvent,
+        origin: Origin,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            group,
+            event,
+            origin,
+            wake,
+        }
+    }
+
     pub fn clock(&self) -> &dyn Clock {
         self.clock.as_ref()
     }
@@ -113,26 +143,27 @@ impl Delivery {
         {
             return Ok(Some(tx));
         }
-        match &self.dead_letter {
+        match &self.origin {
             // A retried letter whose event was applied meanwhile is settled, not retried again.
-            Some(letter) => {
+            Origin::DeadLetter(letter) => {
                 let retried = DeadLetterRecord {
                     status: "retried".to_owned(),
                     updated_at: self.clock.now(),
-                    ..letter.clone()
+                    ..(**letter).clone()
                 };
                 tx.upsert_dead_letter(&retried).await?;
                 tx.commit().await?;
             }
-            None => tx.rollback().await?,
+            Origin::Log | Origin::Kafka => tx.rollback().await?,
         }
         Ok(None)
     }
 
     /// Moves the offset past the event (for a delivery from the partition) and commits.
     pub async fn finish(&self, mut tx: Box<dyn Tx>) -> Result<(), EffectError> {
-        match &self.dead_letter {
-            None => {
+        match &self.origin {
+            Origin::Kafka => {}
+            Origin::Log => {
                 tx.set_consumer_offset(
                     self.group,
                     self.event.partition,
@@ -141,11 +172,11 @@ impl Delivery {
                 )
                 .await?;
             }
-            Some(letter) => {
+            Origin::DeadLetter(letter) => {
                 let retried = DeadLetterRecord {
                     status: "retried".to_owned(),
                     updated_at: self.clock.now(),
-                    ..letter.clone()
+                    ..(**letter).clone()
                 };
                 tx.upsert_dead_letter(&retried).await?;
             }

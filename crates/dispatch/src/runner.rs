@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, retry_delay};
+use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, Origin, retry_delay};
 
 /// Events read from a partition at once; bounds memory and the length of one read.
 pub const BATCH_COUNT_MAX: u32 = 200;
@@ -18,6 +18,8 @@ pub const BATCH_COUNT_MAX: u32 = 200;
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How often the group looks for dead letters an operator asked to retry.
 pub const RETRY_POLL: Duration = Duration::from_millis(500);
+/// How often the group reports its lag.
+pub const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long to wait after the store failed before reading again.
 pub const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -47,8 +49,19 @@ impl Dispatcher {
         }
     }
 
-    /// Consumes every partition until `shutdown`. `logged` wakes idle partitions when new events
-    /// enter the log.
+    /// The group this dispatcher runs.
+    pub fn group(&self) -> &'static str {
+        self.handler.group()
+    }
+
+    /// Whether the group acts on events of this type.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.handler.wants(event_type)
+    }
+
+    /// Consumes every partition of the embedded log until `shutdown`, and retries the dead
+    /// letters an operator asks to retry. `logged` wakes idle partitions when new events enter
+    /// the log.
     pub async fn run(self, shutdown: CancellationToken) {
         let logged = Arc::clone(&self.logged);
         let mut tasks = JoinSet::new();
@@ -60,7 +73,24 @@ impl Dispatcher {
         let this = self.clone();
         let retry_shutdown = shutdown.clone();
         tasks.spawn(async move { this.retry_loop(retry_shutdown).await });
+        let this = self.clone();
+        tasks.spawn(async move { this.lag_loop(shutdown).await });
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Reports how many events of the embedded log the group has yet to pass, once a second.
+    async fn lag_loop(&self, shutdown: CancellationToken) {
+        let group = self.handler.group();
+        loop {
+            if let Ok(backlog) = self.store.log_backlog(group).await {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("tally_consumer_lag_events", "group" => group).set(backlog as f64);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(LAG_REPORT_INTERVAL) => {}
+            }
+        }
     }
 
     async fn partition_loop(
@@ -111,7 +141,7 @@ impl Dispatcher {
                 continue;
             }
             passed_over = None;
-            self.apply(event.clone(), shutdown).await?;
+            self.apply(event.clone(), Origin::Log, shutdown).await?;
         }
         if let Some(position) = passed_over {
             self.store
@@ -121,16 +151,24 @@ impl Dispatcher {
         Ok(events.len())
     }
 
-    /// Applies one event from its partition, retrying; dead-letters it when that fails.
-    async fn apply(&self, event: LogEvent, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let delivery = Delivery {
-            store: Arc::clone(&self.store),
-            clock: Arc::clone(&self.clock),
-            group: self.handler.group(),
-            event: event.clone(),
-            dead_letter: None,
-            wake: Arc::clone(&self.logged),
-        };
+    /// Applies one event from a partition of the embedded log or of Kafka, retrying; parks it
+    /// as a dead letter when that fails. `Ok` means the partition may move past the event; an
+    /// early return on `shutdown` also answers `Ok` without applying it, and the offset must
+    /// then not move, which holds because the caller stops too.
+    pub async fn apply(
+        &self,
+        event: LogEvent,
+        origin: Origin,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let delivery = Delivery::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            self.handler.group(),
+            event.clone(),
+            origin.clone(),
+            Arc::clone(&self.logged),
+        );
         let mut failures = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
             match self.handler.handle(&event, &delivery).await {
@@ -152,14 +190,15 @@ impl Dispatcher {
                 }
             }
         }
-        self.dead_letter(&event, failures).await
+        self.dead_letter(&event, &origin, failures).await
     }
 
-    /// Parks an event the group could not apply and moves the partition past it, in one
-    /// transaction.
+    /// Parks an event the group could not apply and, on the embedded log, moves the partition
+    /// past it in the same transaction.
     async fn dead_letter(
         &self,
         event: &LogEvent,
+        origin: &Origin,
         failures: Vec<serde_json::Value>,
     ) -> Result<(), StoreError> {
         let group = self.handler.group();
@@ -188,13 +227,15 @@ impl Dispatcher {
         };
         let mut tx = self.store.begin().await?;
         tx.upsert_dead_letter(&letter).await?;
-        tx.set_consumer_offset(group, event.partition, event.position, now)
-            .await?;
+        if matches!(origin, Origin::Log) {
+            tx.set_consumer_offset(group, event.partition, event.position, now)
+                .await?;
+        }
         tx.commit().await
     }
 
-    /// Re-applies dead letters an operator asked to retry (status `retrying`).
-    async fn retry_loop(&self, shutdown: CancellationToken) {
+    /// Re-applies dead letters an operator asked to retry (status `retrying`), until `shutdown`.
+    pub async fn retry_loop(&self, shutdown: CancellationToken) {
         let group = self.handler.group();
         while !shutdown.is_cancelled() {
             if let Err(error) = self.retry_requested().await {
@@ -217,14 +258,14 @@ impl Dispatcher {
             let Some(event) = self.store.event(letter.event_id).await? else {
                 continue;
             };
-            let delivery = Delivery {
-                store: Arc::clone(&self.store),
-                clock: Arc::clone(&self.clock),
+            let delivery = Delivery::new(
+                Arc::clone(&self.store),
+                Arc::clone(&self.clock),
                 group,
-                event: event.clone(),
-                dead_letter: Some(letter.clone()),
-                wake: Arc::clone(&self.logged),
-            };
+                event.clone(),
+                Origin::DeadLetter(Box::new(letter.clone())),
+                Arc::clone(&self.logged),
+            );
             if let Err(error) = self.handler.handle(&event, &delivery).await {
                 let mut attempts = letter.attempts.as_array().cloned().unwrap_or_default();
                 attempts.push(json!({"at": self.clock.now(), "error": error.to_string()}));

@@ -24,15 +24,29 @@ pub const RELAY_IDLE_POLL: Duration = Duration::from_millis(20);
 /// How long the relay waits before retrying after a store error.
 pub const RELAY_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often the relay reports its lag.
+pub const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs until `shutdown` is cancelled. `appended` is notified by this process's commands after
-/// they commit events; `logged` is notified whenever new events entered the log.
+/// they commit events; `logged` is notified whenever new events entered the log. With
+/// `report_lag`, the gauge `tally_relay_lag_events` counts the rows not yet in the log (a
+/// Kafka publisher reports it instead, counting what is not yet in Kafka).
 pub async fn run(
     store: Arc<dyn Store>,
     appended: Arc<Notify>,
     logged: Arc<Notify>,
     shutdown: CancellationToken,
+    report_lag: bool,
 ) {
+    let mut lag_reported = tokio::time::Instant::now();
     loop {
+        if report_lag && lag_reported.elapsed() >= LAG_REPORT_INTERVAL {
+            lag_reported = tokio::time::Instant::now();
+            if let Ok(pending) = store.outbox_pending().await {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("tally_relay_lag_events").set(pending as f64);
+            }
+        }
         if let Err(error) = store.seal_audit(RELAY_BATCH_COUNT_MAX).await {
             tracing::warn!(%error, "relay could not seal audit records; retrying");
         }

@@ -16,6 +16,7 @@
 pub mod audit;
 mod codec;
 pub mod command;
+pub mod lease;
 pub mod log;
 pub mod postgres;
 pub mod records;
@@ -32,6 +33,7 @@ use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
 pub use command::{CommandContext, CommandError, Commands, Executed, Outcome, Refusal};
+pub use lease::Lease;
 pub use records::*;
 pub use tx::Tx;
 
@@ -197,6 +199,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     -> Result<i64, StoreError>;
     /// Outbox rows not yet in the log: the relay's lag.
     async fn outbox_pending(&self) -> Result<i64, StoreError>;
+    /// Events in the log past `group`'s offsets, over every partition: how far the group lags.
+    async fn log_backlog(&self, group: &str) -> Result<i64, StoreError>;
+    /// Takes the lease of `group` on `partition` if no live process holds it (see [`lease`]).
+    async fn try_lease(
+        &self,
+        group: &str,
+        partition: u32,
+    ) -> Result<Option<Box<dyn Lease>>, StoreError>;
     /// One event by id, whether or not it is in the log yet.
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError>;
     /// Whether `group` has applied `event` (read outside any transaction, as a shortcut).

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tally::server::PartnerSetup;
+use tally::server::{Bus, Deployment, PartnerSetup, Role};
 use tally_api::ApiConfig;
 use tally_checkout::PartnerUrls;
 use tally_domain::clock::{Clock, SystemClock};
 use tally_domain::ids::TenantId;
+use tally_kafka::KafkaConfig;
 use tally_sandbox::SandboxConfig;
 use tally_store::ConnectOptions;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,17 @@ enum Commands {
     Migrate,
     /// Run the partner sandbox alone: payment provider, carrier and notification provider.
     Sandbox(SandboxArgs),
+    /// Verify every invariant on a store at rest: ledger, stock, order timelines, audit chains
+    /// and, given the sandbox, that each partner effect happened exactly once. Exits 1 and
+    /// names every violation.
+    Check {
+        /// The partner sandbox whose effects to check (its /sandbox/effects), such as
+        /// http://127.0.0.1:8090.
+        #[arg(long, env = "TALLY_SANDBOX_URL")]
+        sandbox_url: Option<String>,
+    },
+    /// Drive a running Tally through its HTTP API and measure intake and end-to-end latency.
+    Bench(Box<tally_loadgen::BenchArgs>),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -69,14 +81,18 @@ enum Commands {
     Audit(AuditCommand),
     /// Rewind a consumer group so it sees the log again from an offset or a time. Events the
     /// group applied before are skipped by its inbox; a new group reads everything.
+    /// On Kafka, stop the group's workers first: Kafka accepts new offsets only for a group
+    /// without live members.
     Replay {
         /// The consumer group: checkout, notifications, or a group of your own.
         #[arg(long)]
         group: String,
-        /// A log position (the group resumes after it) or an RFC 3339 time (the group resumes
-        /// with the first event at or after it).
+        /// A log position (the group resumes after it; embedded log only), an RFC 3339 time (the
+        /// group resumes with the first event at or after it), or `beginning`.
         #[arg(long)]
         from: String,
+        #[command(flatten)]
+        bus: BusArgs,
     },
 }
 
@@ -103,8 +119,90 @@ struct ServeArgs {
     /// How long idempotency keys and their stored responses are kept, such as 24h or 7d.
     #[arg(long, env = "TALLY_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     idempotency_retention: Duration,
+    /// What this process runs: api (HTTP API), relay (outbox to log or Kafka), worker
+    /// (consumer groups) or all. Run each in as many processes as needed against one database.
+    #[arg(long, env = "TALLY_ROLE", value_enum, default_value = "all")]
+    role: RoleArg,
+    #[command(flatten)]
+    bus: BusArgs,
     #[command(flatten)]
     partners: PartnerArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Api,
+    Relay,
+    Worker,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BusKind {
+    /// The store's own log: nothing else to run.
+    Embedded,
+    /// Apache Kafka or a Kafka-compatible broker; needs PostgreSQL as the store.
+    Kafka,
+}
+
+#[derive(Debug, Args)]
+struct BusArgs {
+    /// Which log carries events to the consumer groups.
+    #[arg(long, env = "TALLY_BUS", value_enum, default_value = "embedded")]
+    bus: BusKind,
+    /// Kafka brokers, host:port[,host:port…] (with --bus kafka).
+    #[arg(long, env = "TALLY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Prefix of Tally's topics ({namespace}.order, …) and consumer group ids on Kafka.
+    #[arg(long, env = "TALLY_KAFKA_NAMESPACE", default_value = "tally")]
+    kafka_namespace: String,
+    /// Partitions of each topic Tally creates at start (existing topics are left alone).
+    #[arg(long, env = "TALLY_KAFKA_PARTITIONS", default_value_t = tally_kafka::TOPIC_PARTITIONS_DEFAULT)]
+    kafka_partitions: i32,
+    /// Replicas of each topic Tally creates at start.
+    #[arg(long, env = "TALLY_KAFKA_REPLICATION", default_value_t = 1)]
+    kafka_replication: i32,
+    /// Records per producer batch. Keep 1 on tansu 0.6, which skips records when a consumer
+    /// resumes inside a batch; raise it (such as 1000) on Apache Kafka for throughput.
+    #[arg(long, env = "TALLY_KAFKA_BATCH_RECORDS", default_value_t = tally_kafka::BATCH_RECORDS_DEFAULT)]
+    kafka_batch_records: u32,
+}
+
+impl BusArgs {
+    fn bus(&self, database_url: &str) -> anyhow::Result<Bus> {
+        match self.bus {
+            BusKind::Embedded => Ok(Bus::Embedded),
+            BusKind::Kafka => {
+                let brokers = self.kafka_brokers.clone().ok_or_else(|| {
+                    anyhow::anyhow!("--bus kafka needs --kafka-brokers (or TALLY_KAFKA_BROKERS)")
+                })?;
+                anyhow::ensure!(
+                    database_url.starts_with("postgres"),
+                    "--bus kafka needs PostgreSQL as the store (--database-url postgres://…): \
+                     the embedded SQLite store serves one process, and Kafka is for many"
+                );
+                anyhow::ensure!(
+                    (1..=1024).contains(&self.kafka_partitions),
+                    "--kafka-partitions must be from 1 to 1024"
+                );
+                anyhow::ensure!(
+                    self.kafka_replication >= 1,
+                    "--kafka-replication must be 1 or more"
+                );
+                anyhow::ensure!(
+                    (1..=1_000_000).contains(&self.kafka_batch_records),
+                    "--kafka-batch-records must be from 1 to 1000000"
+                );
+                Ok(Bus::Kafka(KafkaConfig {
+                    brokers,
+                    namespace: self.kafka_namespace.clone(),
+                    partitions: self.kafka_partitions,
+                    replication: self.kafka_replication,
+                    batch_records_max: self.kafka_batch_records,
+                }))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +297,14 @@ async fn main() -> anyhow::Result<()> {
     if let Commands::Sandbox(args) = &cli.command {
         return sandbox(args).await;
     }
+    if let Commands::Bench(args) = &cli.command {
+        let report = tally_loadgen::run(args).await?;
+        println!("{report}");
+        if !report.is_clean() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let options = ConnectOptions {
         connections_max: cli.database.db_connections,
     };
@@ -208,8 +314,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the store at {url}"))?;
     let clock = SystemClock;
     match cli.command {
-        Commands::Serve(args) => serve(store, args).await,
-        Commands::Sandbox(_) => Ok(()),
+        Commands::Serve(args) => serve(store, url, args).await,
+        Commands::Sandbox(_) | Commands::Bench(_) => Ok(()),
+        Commands::Check { sandbox_url } => check(store.as_ref(), sandbox_url.as_deref()).await,
         Commands::Migrate => {
             eprintln!("migrations applied to {url}");
             Ok(())
@@ -225,15 +332,18 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Commands::Replay { group, from } => replay(store.as_ref(), &group, &from).await,
+        Commands::Replay { group, from, bus } => match bus.bus(url)? {
+            Bus::Embedded => replay(store.as_ref(), &group, &from).await,
+            Bus::Kafka(kafka) => replay_kafka(kafka, group, &from).await,
+        },
         Commands::Ledger(LedgerCommand::Check) => {
             let violations = tally::checks::ledger(store.as_ref()).await?;
-            report("ledger", &violations)
+            report_violations("ledger", &violations)
         }
         Commands::Audit(AuditCommand::Verify) => {
             let (violations, verified) = tally::checks::audit(store.as_ref()).await?;
             eprintln!("{verified} audit records verified");
-            report("audit trail", &violations)
+            report_violations("audit trail", &violations)
         }
         Commands::Key(KeyCommand::Create { tenant, scopes }) => {
             let tenant: TenantId = tenant
@@ -251,7 +361,36 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+async fn replay_kafka(kafka: KafkaConfig, group: String, from: &str) -> anyhow::Result<()> {
+    use tally_kafka::replay::Rewind;
+    let to = if from == "beginning" {
+        Rewind::Beginning
+    } else {
+        let time = chrono::DateTime::parse_from_rfc3339(from).map_err(|_| {
+            anyhow::anyhow!(
+                "--from must be `beginning` or an RFC 3339 time such as 2026-01-31T00:00:00Z \
+                 (log positions are the embedded log's)"
+            )
+        })?;
+        Rewind::Time(time.with_timezone(&chrono::Utc))
+    };
+    let resumes =
+        tokio::task::spawn_blocking(move || tally_kafka::replay::rewind(&kafka, &group, to))
+            .await?
+            .context("cannot rewind the group (are its workers stopped?)")?;
+    for (topic, partition, offset) in resumes {
+        match offset {
+            Some(offset) => eprintln!("{topic} partition {partition}: resumes at offset {offset}"),
+            None => eprintln!(
+                "{topic} partition {partition}: nothing at or after that time; resumes at the end"
+            ),
+        }
+    }
+    Ok(())
+}
+
 async fn replay(store: &dyn tally_store::Store, group: &str, from: &str) -> anyhow::Result<()> {
+    let from = if from == "beginning" { "0" } else { from };
     let target = if let Ok(position) = from.parse::<i64>() {
         anyhow::ensure!(
             position >= 0,
@@ -280,8 +419,28 @@ async fn replay(store: &dyn tally_store::Store, group: &str, from: &str) -> anyh
     Ok(())
 }
 
+async fn check(store: &dyn tally_store::Store, sandbox_url: Option<&str>) -> anyhow::Result<()> {
+    let effects = match sandbox_url {
+        Some(url) => {
+            let url = format!("{}/sandbox/effects", url.trim_end_matches('/'));
+            let effects: Vec<tally_sandbox::Effect> = reqwest::get(&url)
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot read the sandbox's effects at {url}"))?
+                .json()
+                .await
+                .with_context(|| format!("{url} did not answer with effects"))?;
+            Some(effects)
+        }
+        None => None,
+    };
+    let report = tally::checks::all(store, effects.as_deref()).await?;
+    eprintln!("{report}");
+    report_violations("check", &report.violations)
+}
+
 /// Prints every violation and fails when there is one.
-fn report(what: &str, violations: &[String]) -> anyhow::Result<()> {
+fn report_violations(what: &str, violations: &[String]) -> anyhow::Result<()> {
     for violation in violations {
         println!("{violation}");
     }
@@ -294,7 +453,20 @@ fn report(what: &str, violations: &[String]) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(store: Arc<dyn tally_store::Store>, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    store: Arc<dyn tally_store::Store>,
+    database_url: &str,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
+    let deployment = Deployment {
+        role: match args.role {
+            RoleArg::Api => Role::Api,
+            RoleArg::Relay => Role::Relay,
+            RoleArg::Worker => Role::Worker,
+            RoleArg::All => Role::All,
+        },
+        bus: args.bus.bus(database_url)?,
+    };
     let config = ApiConfig {
         idempotency_retention: args.idempotency_retention,
         carrier_webhook_secret: args.partners.carrier_webhook_secret.clone(),
@@ -317,9 +489,15 @@ async fn serve(store: Arc<dyn tally_store::Store>, args: ServeArgs) -> anyhow::R
             PartnerSetup::Sandbox(SandboxConfig::default())
         }
     };
-    let running = tally::server::start(store, Arc::new(SystemClock), config, args.listen, partners)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let running = tally::server::start(
+        store,
+        Arc::new(SystemClock),
+        config,
+        args.listen,
+        partners,
+        &deployment,
+    )
+    .await?;
     tracing::info!(address = %running.address, "tally is serving");
     let shutdown = running.shutdown_token();
     tokio::spawn(cancel_on_signal(shutdown));

@@ -14,7 +14,7 @@ use tally_api::auth::Scope;
 use tally_domain::clock::SystemClock;
 use tally_testkit::{Engine, order_body};
 
-tally_testkit::engine_tests!(killed_mid_intake_then_retried_places_each_order_once);
+tally_testkit::store_tests!(killed_mid_intake_then_retried_places_each_order_once);
 
 const ORDERS: usize = 300;
 const CONCURRENCY: usize = 16;

@@ -4,7 +4,8 @@
 //!
 //! PostgreSQL tests create a database per test on the server named by
 //! `TALLY_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); the test
-//! script drops leftovers from earlier runs.
+//! script drops leftovers from earlier runs. Kafka tests use the broker named by
+//! `TALLY_TEST_KAFKA_BROKERS`, which the test script starts, each under a namespace of its own.
 //!
 //! # Layout
 //!
@@ -21,21 +22,62 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Value, json};
 use sqlx::Connection;
+use tally::server::{Bus, Deployment};
 use tally_api::ApiConfig;
 use tally_api::auth::Scope;
 use tally_domain::clock::Clock;
 use tally_domain::ids::TenantId;
 use tally_sandbox::SandboxConfig;
-pub use tally_store::Engine;
 use tally_store::{ConnectOptions, Store};
 
 /// Pool size of a test store: small, so that many tests can share one PostgreSQL server.
 const TEST_CONNECTIONS_MAX: u32 = 8;
+/// Partitions of each test topic: more than one, so that ordering across partitions is tested.
+const TEST_TOPIC_PARTITIONS: i32 = 4;
 
-/// Instantiates `async fn name(engine: Engine)` tests once per engine, as `sqlite::name` and
-/// `postgres::name`.
+/// A backend a conformance test runs on: a store engine and the bus in front of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The embedded default: SQLite with its own log.
+    Sqlite,
+    /// PostgreSQL with the embedded log.
+    Postgres,
+    /// PostgreSQL with Kafka (tansu in tests) as the log.
+    PostgresKafka,
+}
+
+impl Engine {
+    /// The store engine underneath.
+    pub fn store(self) -> tally_store::Engine {
+        match self {
+            Engine::Sqlite => tally_store::Engine::Sqlite,
+            Engine::Postgres | Engine::PostgresKafka => tally_store::Engine::Postgres,
+        }
+    }
+}
+
+/// Instantiates `async fn name(engine: Engine)` tests once per backend, as `sqlite::name`,
+/// `postgres::name` and `postgres_kafka::name`: for everything events flow through.
 #[macro_export]
 macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::store_tests!($($name),*);
+        mod postgres_kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Engine::PostgresKafka).await
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates tests once per store engine, as `sqlite::name` and `postgres::name`: for
+/// behaviour of the store alone (intake, idempotency, the embedded log), where the bus plays
+/// no part.
+#[macro_export]
+macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(
@@ -54,6 +96,25 @@ macro_rules! engine_tests {
             )*
         }
     };
+}
+
+/// The Kafka brokers tests use; the test script starts one and sets `TALLY_TEST_KAFKA_BROKERS`.
+pub fn kafka_brokers() -> String {
+    std::env::var("TALLY_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "TALLY_TEST_KAFKA_BROKERS is not set: run ./scripts/test, which starts a broker, or \
+             point it at one (scripts/kafka start prints a port)"
+        )
+    })
+}
+
+/// A Kafka set-up of its own: topics and consumer groups under a fresh namespace.
+pub fn fresh_kafka() -> tally_kafka::KafkaConfig {
+    tally_kafka::KafkaConfig {
+        namespace: format!("t{}", uuid::Uuid::new_v4().simple()),
+        partitions: TEST_TOPIC_PARTITIONS,
+        ..tally_kafka::KafkaConfig::new(kafka_brokers())
+    }
 }
 
 /// A clock that runs with the system clock, plus an offset tests can advance.
@@ -81,6 +142,8 @@ impl Clock for OffsetClock {
 pub struct TestDb {
     pub url: String,
     pub store: Arc<dyn Store>,
+    /// How servers over this store are deployed: for Kafka, a namespace of this test's own.
+    pub deployment: Deployment,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -89,15 +152,27 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// Prints the server's logs in tests when `TALLY_TEST_LOG` holds a filter (`info`,
+/// `tally_kafka=debug`…); silent otherwise.
+fn init_test_logs() {
+    if let Ok(filter) = std::env::var("TALLY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// An empty store of `engine`, migrated.
 pub async fn fresh_database(engine: Engine) -> TestDb {
-    let (url, dir) = match engine {
-        Engine::Sqlite => {
+    init_test_logs();
+    let (url, dir) = match engine.store() {
+        tally_store::Engine::Sqlite => {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let url = format!("sqlite://{}/tally.db", dir.path().display());
             (url, Some(dir))
         }
-        Engine::Postgres => {
+        tally_store::Engine::Postgres => {
             let admin = postgres_admin_url();
             let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
             let mut connection = sqlx::PgConnection::connect(&admin)
@@ -119,9 +194,17 @@ pub async fn fresh_database(engine: Engine) -> TestDb {
     let store = tally_store::connect(&url, &options)
         .await
         .expect("connect and migrate the test store");
+    let deployment = Deployment {
+        bus: match engine {
+            Engine::Sqlite | Engine::Postgres => Bus::Embedded,
+            Engine::PostgresKafka => Bus::Kafka(fresh_kafka()),
+        },
+        ..Deployment::default()
+    };
     TestDb {
         url,
         store,
+        deployment,
         _dir: dir,
     }
 }
@@ -155,6 +238,7 @@ pub async fn spawn_app_with(engine: Engine, config: ApiConfig, sandbox: SandboxC
         config,
         listen,
         partners,
+        &db.deployment,
     )
     .await
     .expect("start the server");

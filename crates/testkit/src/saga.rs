@@ -1,7 +1,7 @@
 //! Helpers for tests that run orders through the checkout saga: placing with retries, waiting
 //! for every order to settle and every consumer to catch up, and the invariant checks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,10 +98,20 @@ pub async fn wait_until_settled(app: &Client, count: usize) -> HashMap<String, V
     }
 }
 
-/// Waits until every consumer group has applied every event in the log, so that effects that
-/// follow the last status change (the delivery notification) have happened.
+/// Waits until every consumer group has applied every event in the log that it acts on, so
+/// that effects that follow the last status change (the delivery notification) have happened.
+/// Reads the groups' inboxes rather than their offsets, so it holds on every bus.
 pub async fn wait_until_consumers_caught_up(store: &Arc<dyn Store>) {
+    let partners =
+        tally_checkout::Partners::new(tally_checkout::PartnerUrls::sandbox("http://127.0.0.1:9"))
+            .expect("partners");
+    let groups: [Arc<dyn tally_dispatch::Handler>; 2] = [
+        Arc::new(tally_checkout::Checkout::new(partners.clone())),
+        Arc::new(tally_checkout::Notifications::new(partners)),
+    ];
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    // Events applied, or parked as dead letters, by group.
+    let mut applied: HashSet<(String, tally_domain::ids::EventId)> = HashSet::new();
     'poll: loop {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -111,22 +121,36 @@ pub async fn wait_until_consumers_caught_up(store: &Arc<dyn Store>) {
         if store.outbox_pending().await.expect("lag") > 0 {
             continue;
         }
-        for group in [
-            tally_checkout::CHECKOUT_GROUP,
-            tally_checkout::notify::NOTIFICATIONS_GROUP,
-        ] {
-            for partition in 0..store.log_partitions() {
-                let offset = store
-                    .consumer_offset(group, partition)
-                    .await
-                    .expect("offset");
-                if !store
-                    .read_log(Some(partition), offset, 1)
-                    .await
-                    .expect("read")
-                    .is_empty()
-                {
-                    continue 'poll;
+        for tenant in store.tenants().await.expect("tenants") {
+            for letter in store
+                .dead_letters(tenant, None, 10_000)
+                .await
+                .expect("dead letters")
+            {
+                applied.insert((letter.group, letter.event_id));
+            }
+        }
+        let mut after = 0;
+        loop {
+            let events = store.read_log(None, after, 1_000).await.expect("read");
+            let Some(last) = events.last() else {
+                break;
+            };
+            after = last.position;
+            for event in &events {
+                for group in &groups {
+                    let key = (group.group().to_owned(), event.id);
+                    if !group.wants(&event.event_type) || applied.contains(&key) {
+                        continue;
+                    }
+                    if !store
+                        .inbox_contains(group.group(), event.id)
+                        .await
+                        .expect("inbox")
+                    {
+                        continue 'poll;
+                    }
+                    applied.insert(key);
                 }
             }
         }

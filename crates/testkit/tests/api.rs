@@ -14,7 +14,7 @@ use tally_api::auth::Scope;
 use tally_testkit::{Engine, TestApp, order_body, spawn_app};
 use uuid::Uuid;
 
-tally_testkit::engine_tests!(
+tally_testkit::store_tests!(
     product_and_stock_happy_path,
     order_happy_path,
     products_refuse_bad_envelopes,

@@ -221,7 +221,7 @@ async fn assert_tampering_is_named(db: &tally_testkit::TestDb, engine: Engine) {
     let edit = "UPDATE audit_records SET body = jsonb_set(body, '{action}', '\"tampered\"') WHERE sequence = 5";
     let delete = "DELETE FROM audit_records WHERE sequence = 9";
     match engine {
-        Engine::Postgres => {
+        Engine::Postgres | Engine::PostgresKafka => {
             let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
             sqlx::query(edit).execute(&pool).await.expect("edit");
             sqlx::query(delete).execute(&pool).await.expect("delete");
@@ -274,6 +274,7 @@ async fn a_worker_dropped_mid_saga_is_replaced_without_duplicate_effects(engine:
             ApiConfig::default(),
             listen,
             partners,
+            &db.deployment,
         )
         .await
         .expect("start a server");

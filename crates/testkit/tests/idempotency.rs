@@ -7,7 +7,7 @@ use tally_api::auth::Scope;
 use tally_domain::clock::Clock;
 use tally_testkit::{Engine, TestApp, order_body, spawn_app};
 
-tally_testkit::engine_tests!(
+tally_testkit::store_tests!(
     same_key_and_request_replays_the_stored_response,
     same_meaning_in_other_json_form_replays,
     same_key_with_a_different_request_is_refused,

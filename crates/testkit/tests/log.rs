@@ -12,7 +12,7 @@ use tally_domain::ids::{EventId, TenantId};
 use tally_store::{LogEvent, NewEvent, Store};
 use tally_testkit::{Engine, spawn_app};
 
-tally_testkit::engine_tests!(
+tally_testkit::store_tests!(
     racing_writers_never_make_a_reader_skip_or_reorder,
     a_consumer_group_resumes_after_its_committed_offset,
 );

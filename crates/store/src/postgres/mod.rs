@@ -11,6 +11,7 @@
 //!    strictly increasing order: a reader that has seen position P will never later find an
 //!    event below P. An event that commits late simply gets a later position.
 
+mod lease;
 mod store;
 mod tx;
 
@@ -28,6 +29,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const LOCK_CLASS_PARTITION_KEY: i32 = 0x7461_0001;
 pub(crate) const LOCK_CLASS_IDEMPOTENCY_KEY: i32 = 0x7461_0002;
 pub(crate) const LOCK_CLASS_AUDIT_SEALER: i32 = 0x7461_0003;
+/// Session locks held by partition leases (see `crate::lease`).
+pub(crate) const LOCK_CLASS_LEASE: i32 = 0x7461_0004;
 
 #[derive(Debug, Clone)]
 pub struct PgStore {

@@ -351,6 +351,29 @@ impl Store for PgStore {
         Ok(pending)
     }
 
+    async fn log_backlog(&self, group: &str) -> Result<i64, StoreError> {
+        let backlog: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum((SELECT count(*) FROM events e \
+                 WHERE e.partition = p.partition AND e.position > coalesce(o.position, 0))), 0)::bigint \
+             FROM generate_series(0, (SELECT partitions - 1 FROM log_head WHERE id = 1)) AS p(partition) \
+             LEFT JOIN consumer_offsets o ON o.group_name = $1 AND o.partition = p.partition",
+        )
+        .bind(group)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(backlog)
+    }
+
+    async fn try_lease(
+        &self,
+        group: &str,
+        partition: u32,
+    ) -> Result<Option<Box<dyn crate::Lease>>, StoreError> {
+        Ok(super::lease::try_lease(&self.pool, group, partition)
+            .await?
+            .map(|lease| Box::new(lease) as Box<dyn crate::Lease>))
+    }
+
     async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         // One sealer at a time: chains are extended strictly one after another.

@@ -7,6 +7,7 @@
 //! inserted is their commit order: an event's position is given when it is inserted, and the
 //! log is gap-free by construction.
 
+mod lease;
 mod store;
 mod tx;
 
@@ -28,6 +29,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     partitions: u32,
+    /// Partition leases held by this process.
+    leases: lease::Held,
 }
 
 impl SqliteStore {
@@ -65,6 +68,7 @@ impl SqliteStore {
             writer,
             reader,
             partitions,
+            leases: lease::Held::default(),
         })
     }
 }

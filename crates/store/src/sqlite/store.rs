@@ -323,6 +323,33 @@ impl Store for SqliteStore {
         Ok(0)
     }
 
+    async fn log_backlog(&self, group: &str) -> Result<i64, StoreError> {
+        let mut backlog = 0;
+        for partition in 0..self.partitions {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE partition = ?1 AND position > \
+                 coalesce((SELECT position FROM consumer_offsets WHERE group_name = ?2 AND partition = ?1), 0)",
+            )
+            .bind(i64::from(partition))
+            .bind(group)
+            .fetch_one(&self.reader)
+            .await?;
+            backlog += count;
+        }
+        Ok(backlog)
+    }
+
+    async fn try_lease(
+        &self,
+        group: &str,
+        partition: u32,
+    ) -> Result<Option<Box<dyn crate::Lease>>, StoreError> {
+        Ok(
+            super::lease::try_lease(&self.writer, &self.leases, group, partition)
+                .map(|lease| Box::new(lease) as Box<dyn crate::Lease>),
+        )
+    }
+
     async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")

@@ -1,0 +1,298 @@
+//! The workers' side: one Kafka consumer group per Tally consumer group, applying each event
+//! through the same [`Dispatcher`] as the embedded log.
+//!
+//! Records are handed to one task per assigned Kafka partition, so one key's events are applied
+//! in order and a slow partition holds up only itself (until its queue of
+//! [`PARTITION_QUEUE_COUNT_MAX`] records fills). After an event's effect transaction commits (or
+//! it becomes a dead letter), its offset is *stored*; librdkafka commits stored offsets every
+//! [`AUTO_COMMIT_INTERVAL_MS`] and on every rebalance. A worker that dies loses at most the
+//! stored-but-uncommitted offsets: those events come again, and the inbox skips them.
+//!
+//! When a rebalance takes partitions away, their tasks stop before their next record; a record
+//! in flight finishes, and the new owner's duplicate of it is skipped by the inbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientContext, Statistics};
+use tally_dispatch::{Dispatcher, Origin};
+use tally_store::Store;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{BusError, KafkaConfig, cloudevents, topics};
+
+/// Records queued per partition task; bounds memory when one partition is slow.
+pub const PARTITION_QUEUE_COUNT_MAX: usize = 1_000;
+/// How often librdkafka commits the offsets stored after effects.
+pub const AUTO_COMMIT_INTERVAL_MS: &str = "200";
+/// How long the group coordinator waits for a silent worker before giving its partitions to
+/// the others: the re-delivery delay after a worker is killed.
+const SESSION_TIMEOUT_MS: &str = "6000";
+const HEARTBEAT_INTERVAL_MS: &str = "1000";
+/// The longest a fetch waits for records: keeps each saga step's hop through Kafka short.
+const FETCH_WAIT_MAX_MS: &str = "10";
+/// How long to wait after the store failed before applying the same record again.
+const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+type PartitionKey = (String, i32);
+
+/// The partitions assigned to this consumer, each with its task once a record arrived for it;
+/// shared with the rebalance callbacks, which add assigned partitions and remove (and stop)
+/// revoked ones. A record for a partition not in the map belongs to an earlier assignment and
+/// is dropped: whoever owns the partition now reads it again from the committed offset.
+#[derive(Debug, Default, Clone)]
+struct Assigned(Arc<Mutex<HashMap<PartitionKey, Option<Worker>>>>);
+
+#[derive(Debug)]
+struct Worker {
+    queue: mpsc::Sender<OwnedMessage>,
+    stop: CancellationToken,
+}
+
+impl Assigned {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Option<Worker>>> {
+        // Entries are inserted and removed whole; a panic cannot leave one half-made.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the tasks of revoked partitions and reports the group's lag.
+struct GroupContext {
+    group: &'static str,
+    assigned: Assigned,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.desired && partition.consumer_lag_stored > 0)
+            .map(|partition| partition.consumer_lag_stored)
+            .sum();
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("tally_consumer_lag_events", "group" => self.group).set(lag as f64);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let revoked = match rebalance {
+            Rebalance::Revoke(list) => list.elements(),
+            Rebalance::Assign(_) | Rebalance::Error(_) => return,
+        };
+        let mut assigned = self.assigned.lock();
+        for element in revoked {
+            let key = (element.topic().to_owned(), element.partition());
+            if let Some(Some(worker)) = assigned.remove(&key) {
+                worker.stop.cancel();
+            }
+        }
+        tracing::info!(group = self.group, "Kafka partitions revoked");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let mut assigned = self.assigned.lock();
+            for element in list.elements() {
+                assigned
+                    .entry((element.topic().to_owned(), element.partition()))
+                    .or_insert(None);
+            }
+            let partitions: Vec<String> = list
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            tracing::info!(group = self.group, ?partitions, "Kafka partitions assigned");
+        }
+    }
+}
+
+/// One Tally consumer group on Kafka.
+#[derive(Debug)]
+pub struct ConsumerGroup {
+    store: Arc<dyn Store>,
+    dispatcher: Dispatcher,
+    config: KafkaConfig,
+}
+
+impl ConsumerGroup {
+    pub fn new(store: Arc<dyn Store>, dispatcher: Dispatcher, config: KafkaConfig) -> Self {
+        Self {
+            store,
+            dispatcher,
+            config,
+        }
+    }
+
+    fn consumer(&self, assigned: &Assigned) -> Result<StreamConsumer<GroupContext>, BusError> {
+        let context = GroupContext {
+            group: self.dispatcher.group(),
+            assigned: assigned.clone(),
+        };
+        let consumer: StreamConsumer<GroupContext> = self
+            .config
+            .client()
+            .set("group.id", self.config.group_id(self.dispatcher.group()))
+            // Offsets are stored by hand after each effect commits, and committed from there.
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)?;
+        let topics = topics::all(&self.config);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(consumer)
+    }
+
+    /// Consumes until `shutdown`; also retries the dead letters an operator asks to retry.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
+        let assigned = Assigned::default();
+        let consumer = Arc::new(self.consumer(&assigned)?);
+        let mut tasks = JoinSet::new();
+        let retries = self.dispatcher.clone();
+        let retry_shutdown = shutdown.clone();
+        tasks.spawn(async move { retries.retry_loop(retry_shutdown).await });
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break,
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message.detach(),
+                Err(error) => {
+                    tracing::warn!(group = self.dispatcher.group(), %error, "Kafka consumer error");
+                    continue;
+                }
+            };
+            let key = (message.topic().to_owned(), message.partition());
+            let queue = {
+                let mut workers = assigned.lock();
+                let Some(slot) = workers.get_mut(&key) else {
+                    tracing::debug!(group = self.dispatcher.group(), topic = %key.0, partition = key.1, "record of a partition no longer assigned dropped");
+                    continue;
+                };
+                let worker = slot.get_or_insert_with(|| {
+                    let (queue, records) = mpsc::channel(PARTITION_QUEUE_COUNT_MAX);
+                    let stop = shutdown.child_token();
+                    let task = PartitionTask {
+                        dispatcher: self.dispatcher.clone(),
+                        consumer: Arc::clone(&consumer),
+                        log_partitions: self.store.log_partitions(),
+                        stop: stop.clone(),
+                    };
+                    tasks.spawn(task.run(records));
+                    Worker { queue, stop }
+                });
+                worker.queue.clone()
+            };
+            // A full queue holds up the whole consumer: backpressure, bounded memory.
+            if queue.send(message).await.is_err() {
+                tracing::debug!(
+                    group = self.dispatcher.group(),
+                    "record for a revoked partition dropped"
+                );
+            }
+        }
+        assigned.lock().clear();
+        while tasks.join_next().await.is_some() {}
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "no offsets committed at shutdown");
+        }
+        Ok(())
+    }
+}
+
+/// Applies the records of one assigned Kafka partition, in order.
+struct PartitionTask {
+    dispatcher: Dispatcher,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    log_partitions: u32,
+    stop: CancellationToken,
+}
+
+impl PartitionTask {
+    async fn run(self, mut records: mpsc::Receiver<OwnedMessage>) {
+        while let Some(message) = tokio::select! {
+            () = self.stop.cancelled() => None,
+            message = records.recv() => message,
+        } {
+            if !self.apply(&message).await {
+                return;
+            }
+            if let Err(error) =
+                self.consumer
+                    .store_offset(message.topic(), message.partition(), message.offset())
+            {
+                // The partition was revoked meanwhile; its new owner starts from the last
+                // committed offset and skips what this task applied.
+                tracing::debug!(%error, "offset not stored");
+                return;
+            }
+        }
+    }
+
+    /// Applies one record; `false` when the task must stop without storing its offset.
+    async fn apply(&self, message: &OwnedMessage) -> bool {
+        let group = self.dispatcher.group();
+        let headers: Vec<(String, Vec<u8>)> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event = match cloudevents::decode(
+            message.key(),
+            message.payload(),
+            &headers,
+            self.log_partitions,
+        ) {
+            Ok(event) => event,
+            Err(malformed) => {
+                // Not one of Tally's events (another producer wrote to the topic): nothing to
+                // apply and nothing to dead-letter, since it names no event of the store.
+                tracing::error!(group, topic = message.topic(), partition = message.partition(), offset = message.offset(), %malformed, "record skipped");
+                metrics::counter!("tally_kafka_malformed_records_total", "group" => group)
+                    .increment(1);
+                return true;
+            }
+        };
+        if !self.dispatcher.wants(&event.event_type) {
+            return true;
+        }
+        tracing::debug!(group, topic = message.topic(), partition = message.partition(), offset = message.offset(), event_id = %event.id, event_type = %event.event_type, "applying");
+        loop {
+            match self
+                .dispatcher
+                .apply(event.clone(), Origin::Kafka, &self.stop)
+                .await
+            {
+                Ok(()) => return !self.stop.is_cancelled(),
+                Err(error) => {
+                    tracing::warn!(group, event_id = %event.id, %error, "store failed; applying the event again");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return false,
+                        () = tokio::time::sleep(STORE_ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+    }
+}

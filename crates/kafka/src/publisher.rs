@@ -1,0 +1,278 @@
+//! The relay's side: publishing the log's events to Kafka, partition by partition, in position
+//! order, each partition by one relay at a time.
+//!
+//! A relay process takes the [`Lease`] of every partition of the log that no live relay holds,
+//! and gives it up only by dying or stopping; standby relays take a dead one's partitions within
+//! [`LEASE_POLL`]. Within a partition, a batch is sent, every record of it is acknowledged by
+//! Kafka (`acks=all`, idempotent producer, so retries inside librdkafka neither duplicate nor
+//! reorder), and only then is the partition's offset committed through the lease. If the relay
+//! dies between the acknowledgement and the commit, its successor publishes that batch again:
+//! consumers find those events in their inboxes and skip them, and the republication is counted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tally_domain::clock::Clock;
+use tally_domain::event::EventType;
+use tally_store::log::partition_of;
+use tally_store::{Lease, LogEvent, Store, StoreError};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{BusError, KafkaConfig, cloudevents, topics};
+
+/// The group under which publishing progress is kept in the store's offsets.
+pub const PUBLISHER_GROUP: &str = "relay.kafka";
+/// Events sent per batch before waiting for Kafka's acknowledgements.
+pub const PUBLISH_BATCH_COUNT_MAX: u32 = 1_000;
+/// How often a relay looks for partitions whose lease no live relay holds.
+pub const LEASE_POLL: Duration = Duration::from_secs(1);
+/// How often an idle partition looks for new events when no wake-up arrives.
+pub const PUBLISH_IDLE_POLL: Duration = Duration::from_millis(10);
+/// How long to wait after Kafka or the store failed before trying the batch again.
+pub const PUBLISH_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// How long librdkafka keeps retrying one record before reporting it failed.
+const MESSAGE_TIMEOUT_MS: &str = "30000";
+/// How long the producer waits to fill a batch; small, since the relay sends whole batches.
+const LINGER_MS: &str = "2";
+
+/// Publishes the log of one store to Kafka.
+#[derive(Clone)]
+pub struct Publisher {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: KafkaConfig,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: KafkaConfig,
+    ) -> Result<Self, BusError> {
+        let producer = config
+            .client()
+            // Set explicitly, never by default: no duplicates or reordering from the producer's
+            // own retries, and a record counts as published only once every in-sync replica has it.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .set("linger.ms", LINGER_MS)
+            .set("batch.num.messages", config.batch_records_max.to_string())
+            .create()?;
+        Ok(Self {
+            store,
+            clock,
+            config,
+            producer,
+        })
+    }
+
+    /// Publishes until `shutdown`, taking every partition no live relay holds. `logged` is
+    /// notified when this process's relay puts new events into the log.
+    pub async fn run(self, logged: Arc<Notify>, shutdown: CancellationToken) {
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<u32>();
+        let mut held: HashSet<u32> = HashSet::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            while let Ok(partition) = lost_rx.try_recv() {
+                held.remove(&partition);
+            }
+            for partition in 0..self.store.log_partitions() {
+                if held.contains(&partition) {
+                    continue;
+                }
+                match self.store.try_lease(PUBLISHER_GROUP, partition).await {
+                    Ok(Some(lease)) => {
+                        tracing::info!(partition, "relay publishes this log partition to Kafka");
+                        held.insert(partition);
+                        let this = self.clone();
+                        let (logged, shutdown, lost) =
+                            (Arc::clone(&logged), shutdown.clone(), lost_tx.clone());
+                        tasks.spawn(async move {
+                            this.publish_partition(lease, logged, shutdown).await;
+                            let _ = lost.send(partition);
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(partition, %error, "cannot take a lease"),
+                }
+            }
+            self.record_lag().await;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(LEASE_POLL) => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        // Records handed to librdkafka are acknowledged already; this only drains what is left.
+        if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
+            tracing::warn!(%error, "the Kafka producer did not flush");
+        }
+    }
+
+    async fn record_lag(&self) {
+        let pending = self.store.outbox_pending().await;
+        let backlog = self.store.log_backlog(PUBLISHER_GROUP).await;
+        if let (Ok(pending), Ok(backlog)) = (pending, backlog) {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("tally_relay_lag_events").set((pending + backlog) as f64);
+        }
+    }
+
+    /// Publishes one leased partition until `shutdown` or until the lease is lost.
+    async fn publish_partition(
+        &self,
+        mut lease: Box<dyn Lease>,
+        logged: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let partition = lease.partition();
+        while !shutdown.is_cancelled() {
+            let wait = match self.publish_batch(lease.as_mut()).await {
+                Ok(0) => PUBLISH_IDLE_POLL,
+                Ok(_) => continue,
+                Err(BusError::Store(error)) => {
+                    tracing::warn!(partition, %error, "relay lost its lease on the partition");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(partition, %error, "relay could not publish; retrying the batch");
+                    PUBLISH_ERROR_BACKOFF
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = logged.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Err(error) = lease.release().await {
+            tracing::warn!(partition, %error, "cannot release the lease; it ends with the session");
+        }
+    }
+
+    /// Publishes the next batch of the leased partition; returns how many events it published.
+    async fn publish_batch(&self, lease: &mut dyn Lease) -> Result<usize, BusError> {
+        lease.confirm().await?;
+        let partition = lease.partition();
+        let offset = self
+            .store
+            .consumer_offset(PUBLISHER_GROUP, partition)
+            .await?;
+        let events = self
+            .store
+            .read_log(Some(partition), offset, PUBLISH_BATCH_COUNT_MAX)
+            .await?;
+        let Some(last) = events.last() else {
+            return Ok(0);
+        };
+        let last_position = last.position;
+        self.send_all(&events).await?;
+        lease
+            .commit_offset(last_position, self.clock.now())
+            .await
+            .inspect_err(|_: &StoreError| {
+                metrics::counter!("tally_relay_unconfirmed_batches_total").increment(1);
+            })?;
+        metrics::counter!("tally_kafka_published_total").increment(events.len() as u64);
+        Ok(events.len())
+    }
+
+    /// Sends every event and waits until Kafka acknowledged each one.
+    async fn send_all(&self, events: &[LogEvent]) -> Result<(), BusError> {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let record = cloudevents::encode(event);
+            let topic = topics::topic(&self.config, category(&event.event_type));
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut future_record = FutureRecord::to(&topic)
+                .partition(kafka_partition(&record.key, self.config.partitions))
+                .key(&record.key)
+                .payload(&record.value)
+                .headers(headers)
+                .timestamp(event.time.timestamp_millis());
+            loop {
+                match self.producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        future_record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(error.into()),
+                Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The topic category of an event type; an unknown type (from a newer version) goes to the
+/// topic of its second dotted segment, which is how types are named.
+fn category(event_type: &str) -> &str {
+    match EventType::parse(event_type) {
+        Some(known) => known.category(),
+        None => event_type.split('.').nth(1).unwrap_or("unknown"),
+    }
+}
+
+/// The Kafka partition of a partition key: Tally's own stable hash, so that every producer
+/// version and client library agrees.
+pub fn kafka_partition(partition_key: &str, partitions: i32) -> i32 {
+    let partitions = u32::try_from(partitions.max(1)).unwrap_or(1);
+    // Below a u32 that came from a positive i32.
+    i32::try_from(partition_of(partition_key, partitions)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_map_to_their_category() {
+        assert_eq!(category("tally.order.placed.v1"), "order");
+        assert_eq!(category("tally.widget.made.v3"), "widget");
+    }
+
+    #[test]
+    fn kafka_partitions_are_stable_and_in_range() {
+        for key in ["a", "order-1", "SKU-9"] {
+            let partition = kafka_partition(key, 6);
+            assert!((0..6).contains(&partition));
+            assert_eq!(partition, kafka_partition(key, 6));
+        }
+        assert_eq!(kafka_partition("x", 0), 0);
+    }
+}

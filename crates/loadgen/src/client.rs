@@ -1,0 +1,240 @@
+//! Tally's HTTP API as the load generator sees it: one pooled client, the run's set-up (a
+//! product and its stock), order placement classified into [`Answer`]s, order reads and the
+//! metrics text.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::mix::Catalog;
+
+/// Longest wait for one answer. Far past any sane intake latency; a request that takes longer
+/// is counted as a timeout rather than holding its slot forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Units of stock put on every SKU: enough for an hour at 10,000 orders a second of up to
+/// three units a line, and below the API's largest single adjustment.
+pub const STOCK_UNITS_PER_SKU: i64 = 100_000_000;
+/// Where the run's stock is held.
+pub const STOCK_LOCATION: &str = "bench";
+
+/// One pooled client of one tenant against one server.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+/// The answer to one `POST /v1/orders`, as far as the load generator cares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// 200 or 201 with an order: created now, or replayed from the idempotency record.
+    Order(PlacedOrder),
+    /// 409: the same key is still being processed; try again after `retry_after`, which is
+    /// `None` when the server did not say (itself a mismatch).
+    InFlight { retry_after: Option<Duration> },
+    /// Any other status, or a 2xx whose body is not an order.
+    Refused { status: u16 },
+    /// No HTTP answer at all.
+    Transport { timeout: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacedOrder {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub replayed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderIdentity {
+    id: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/orders/{id}`: its status and timeline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderView {
+    pub id: Uuid,
+    pub status: String,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TimelineEntry {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+}
+
+impl Api {
+    /// A client whose pool keeps up to `connections` idle connections to the server, so that
+    /// steady load never opens new ones.
+    pub fn new(base: &str, key: &str, connections: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .context("build the HTTP client")?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_json(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .header("Idempotency-Key", idempotency_key)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send()
+            .await
+    }
+
+    /// Sends one order under `idempotency_key`. `body` is serialized once by the caller, so
+    /// that every copy and retry sends the same bytes.
+    pub async fn place_order(&self, idempotency_key: &str, body: Vec<u8>) -> Answer {
+        let response = match self.post_json("/v1/orders", idempotency_key, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer::Transport {
+                    timeout: error.is_timeout(),
+                };
+            }
+        };
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        if status == StatusCode::CONFLICT {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Answer::InFlight { retry_after };
+        }
+        if status != StatusCode::CREATED && status != StatusCode::OK {
+            return Answer::Refused {
+                status: status.as_u16(),
+            };
+        }
+        match response.json::<OrderIdentity>().await {
+            Ok(order) => Answer::Order(PlacedOrder {
+                id: order.id,
+                created_at: order.created_at,
+                replayed,
+            }),
+            Err(error) if error.is_timeout() => Answer::Transport { timeout: true },
+            Err(_) => Answer::Refused {
+                status: status.as_u16(),
+            },
+        }
+    }
+
+    pub async fn order(&self, id: Uuid) -> anyhow::Result<OrderView> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/orders/{id}")))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.json().await?)
+    }
+
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.text().await?)
+    }
+
+    /// Checks that the server answers, then creates the run's product and puts stock on every
+    /// SKU, so that orders complete instead of running out.
+    pub async fn prepare(&self, run_tag: &str) -> anyhow::Result<Catalog> {
+        let live = self
+            .http
+            .get(self.url("/livez"))
+            .send()
+            .await
+            .with_context(|| format!("no Tally answers at {}", self.base))?;
+        if !live.status().is_success() {
+            bail!("{}/livez answered {}", self.base, live.status());
+        }
+        let catalog = Catalog::new(run_tag);
+        let variants: Vec<serde_json::Value> = catalog
+            .priced()
+            .into_iter()
+            .map(|(sku, price)| json!({"sku": sku, "prices": {"USD": price}}))
+            .collect();
+        let product = json!({"name": format!("tally bench {run_tag}"), "variants": variants});
+        self.set_up(
+            "/v1/products",
+            &format!("bench-{run_tag}-product"),
+            &product,
+        )
+        .await?;
+        for (sku, _) in catalog.priced() {
+            let adjustment = json!({
+                "sku": sku,
+                "location": STOCK_LOCATION,
+                "delta": STOCK_UNITS_PER_SKU,
+                "reason": "tally bench",
+            });
+            let key = format!("bench-{run_tag}-stock-{sku}");
+            self.set_up("/v1/inventory/adjustments", &key, &adjustment)
+                .await?;
+        }
+        Ok(catalog)
+    }
+
+    async fn set_up(&self, path: &str, key: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(body)?;
+        let response = self
+            .post_json(path, key, bytes)
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let detail = response.text().await.unwrap_or_default();
+        let hint = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                " (the key needs the scopes admin and orders, as `tally tenant create` prints)"
+            }
+            _ => "",
+        };
+        bail!("POST {path} answered {status}{hint}: {detail}")
+    }
+}

@@ -1,0 +1,80 @@
+//! Leases within the one process that owns the database file.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqlitePool;
+
+use super::store::UPSERT_OFFSET;
+use crate::lease::Lease;
+use crate::{StoreError, to_micros};
+
+/// The leases held in this process, by group and partition.
+pub(crate) type Held = Arc<Mutex<HashSet<(String, u32)>>>;
+
+fn lock(held: &Held) -> MutexGuard<'_, HashSet<(String, u32)>> {
+    // The set is consistent after any panic: insert and remove are single operations.
+    held.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+pub(crate) struct SqliteLease {
+    writer: SqlitePool,
+    held: Held,
+    group: String,
+    partition: u32,
+}
+
+pub(crate) fn try_lease(
+    writer: &SqlitePool,
+    held: &Held,
+    group: &str,
+    partition: u32,
+) -> Option<SqliteLease> {
+    lock(held)
+        .insert((group.to_owned(), partition))
+        .then(|| SqliteLease {
+            writer: writer.clone(),
+            held: Arc::clone(held),
+            group: group.to_owned(),
+            partition,
+        })
+}
+
+impl Drop for SqliteLease {
+    fn drop(&mut self) {
+        lock(&self.held).remove(&(self.group.clone(), self.partition));
+    }
+}
+
+#[async_trait]
+impl Lease for SqliteLease {
+    fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    async fn confirm(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn commit_offset(&mut self, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(UPSERT_OFFSET)
+            .bind(&self.group)
+            .bind(i64::from(self.partition))
+            .bind(position)
+            .bind(to_micros(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
