@@ -1,15 +1,15 @@
 //! The relay's side: publishing the log's events to Kafka, partition by partition, in position
 //! order, each partition by one relay at a time.
 //!
-//! A relay process takes the [`Lease`] of every partition of the log that no live relay holds,
-//! and gives it up only by dying or stopping; standby relays take a dead one's partitions within
-//! [`LEASE_POLL`]. Within a partition, a batch is sent, every record of it is acknowledged by
+//! Relay processes share the log's partitions: each takes the [`Lease`] of up to its fair share
+//! of partitions that no live relay holds, hands partitions back when more relays join, and
+//! takes a dead relay's partitions within [`LEASE_POLL`]. Within a partition, a batch is sent, every record of it is acknowledged by
 //! Kafka (`acks=all`, idempotent producer, so retries inside librdkafka neither duplicate nor
 //! reorder), and only then is the partition's offset committed through the lease. If the relay
 //! dies between the acknowledgement and the commit, its successor publishes that batch again:
 //! consumers find those events in their inboxes and skip them, and the republication is counted.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,29 +84,52 @@ impl Publisher {
         })
     }
 
-    /// Publishes until `shutdown`, taking every partition no live relay holds. `logged` is
-    /// notified when this process's relay puts new events into the log.
+    /// Publishes until `shutdown`. Every relay joins the publishers' group and holds a fair
+    /// share of the log's partitions: ⌈partitions / relays⌉. A relay above its share (another
+    /// joined) hands partitions back after their current batch; one below it (another died)
+    /// takes free ones. `logged` is notified when this process's relay puts new events into
+    /// the log.
     pub async fn run(self, logged: Arc<Notify>, shutdown: CancellationToken) {
+        let membership = loop {
+            match self.store.join(PUBLISHER_GROUP).await {
+                Ok(membership) => break Some(membership),
+                Err(error) => tracing::warn!(%error, "relay cannot join the publishers; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                () = tokio::time::sleep(PUBLISH_ERROR_BACKOFF) => {}
+            }
+        };
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<u32>();
-        let mut held: HashSet<u32> = HashSet::new();
+        let mut held: BTreeMap<u32, CancellationToken> = BTreeMap::new();
         let mut tasks = JoinSet::new();
-        loop {
+        while membership.is_some() && !shutdown.is_cancelled() {
             while let Ok(partition) = lost_rx.try_recv() {
                 held.remove(&partition);
             }
+            let share = self.fair_share().await;
+            while held.len() > share {
+                if let Some((partition, stop)) = held.pop_last() {
+                    tracing::info!(partition, "relay hands the partition to another relay");
+                    stop.cancel();
+                }
+            }
             for partition in 0..self.store.log_partitions() {
-                if held.contains(&partition) {
+                if held.len() >= share {
+                    break;
+                }
+                if held.contains_key(&partition) {
                     continue;
                 }
                 match self.store.try_lease(PUBLISHER_GROUP, partition).await {
                     Ok(Some(lease)) => {
                         tracing::info!(partition, "relay publishes this log partition to Kafka");
-                        held.insert(partition);
+                        let stop = shutdown.child_token();
+                        held.insert(partition, stop.clone());
                         let this = self.clone();
-                        let (logged, shutdown, lost) =
-                            (Arc::clone(&logged), shutdown.clone(), lost_tx.clone());
+                        let (logged, lost) = (Arc::clone(&logged), lost_tx.clone());
                         tasks.spawn(async move {
-                            this.publish_partition(lease, logged, shutdown).await;
+                            this.publish_partition(lease, logged, stop).await;
                             let _ = lost.send(partition);
                         });
                     }
@@ -121,9 +144,27 @@ impl Publisher {
             }
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(membership) = membership
+            && let Err(error) = membership.release().await
+        {
+            tracing::debug!(%error, "membership not released; it ends with the session");
+        }
         // Records handed to librdkafka are acknowledged already; this only drains what is left.
         if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "the Kafka producer did not flush");
+        }
+    }
+
+    /// How many partitions this relay should hold: all of them when the store cannot say how
+    /// many relays there are (holding too many only idles the others).
+    async fn fair_share(&self) -> usize {
+        let partitions = self.store.log_partitions() as usize;
+        match self.store.members(PUBLISHER_GROUP).await {
+            Ok(members) => partitions.div_ceil((members as usize).max(1)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot count the relays");
+                partitions
+            }
         }
     }
 

@@ -201,6 +201,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn outbox_pending(&self) -> Result<i64, StoreError>;
     /// Events in the log past `group`'s offsets, over every partition: how far the group lags.
     async fn log_backlog(&self, group: &str) -> Result<i64, StoreError>;
+    /// Joins the processes sharing `group`'s leases, for as long as the returned membership is
+    /// held (it ends with the process, like a lease).
+    async fn join(&self, group: &str) -> Result<Box<dyn Lease>, StoreError>;
+    /// How many live processes have joined `group`: each takes its fair share of the leases.
+    async fn members(&self, group: &str) -> Result<u32, StoreError>;
     /// Takes the lease of `group` on `partition` if no live process holds it (see [`lease`]).
     async fn try_lease(
         &self,

@@ -122,9 +122,15 @@ async fn separate_processes_on_kafka_survive_killed_workers_and_relays() {
         ("TALLY_NOTIFICATION_URL", sandbox.clone()),
     ];
     let serve = |role: &str, port: u16| -> Vec<String> {
-        ["serve", "--role", role, "--listen", &format!("127.0.0.1:{port}")]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "serve",
+            "--role",
+            role,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
     };
     let http = reqwest::Client::new();
     let mut partner = Process::start(
@@ -163,7 +169,12 @@ async fn separate_processes_on_kafka_survive_killed_workers_and_relays() {
     for (process, port) in workers.iter_mut().zip(worker_ports) {
         wait_ready(&http, &format!("http://127.0.0.1:{port}"), process).await;
     }
-    wait_ready(&http, &format!("http://127.0.0.1:{standby_port}"), &mut standby).await;
+    wait_ready(
+        &http,
+        &format!("http://127.0.0.1:{standby_port}"),
+        &mut standby,
+    )
+    .await;
 
     let issued = tally::admin::create_tenant(db.store.as_ref(), &SystemClock, "Kafka", &Scope::ALL)
         .await

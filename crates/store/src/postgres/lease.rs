@@ -16,6 +16,7 @@ pub(crate) struct PgLease {
     connection: PgConnection,
     group: String,
     partition: u32,
+    lock_class: i32,
     lock_id: i32,
 }
 
@@ -29,10 +30,57 @@ pub(crate) async fn try_lease(
     group: &str,
     partition: u32,
 ) -> Result<Option<PgLease>, StoreError> {
+    take(
+        pool,
+        group,
+        partition,
+        LOCK_CLASS_LEASE,
+        lock_id(group, partition),
+    )
+    .await
+}
+
+/// The lock class of the memberships of `group`: one class per group, so that members can be
+/// counted in `pg_locks`.
+fn member_class(group: &str) -> i32 {
+    key_lock_id(&format!("members:{group}"))
+}
+
+/// Joins `group` under a random member number.
+pub(crate) async fn join(pool: &PgPool, group: &str) -> Result<PgLease, StoreError> {
+    loop {
+        let member: u32 = rand::random();
+        let lock_id = i32::from_ne_bytes(member.to_ne_bytes());
+        if let Some(lease) = take(pool, group, member, member_class(group), lock_id).await? {
+            return Ok(lease);
+        }
+    }
+}
+
+/// Live members of `group`.
+pub(crate) async fn members(pool: &PgPool, group: &str) -> Result<u32, StoreError> {
+    // pg_locks shows the first key of a two-key advisory lock as an oid: its bits, unsigned.
+    let class = i64::from(u32::from_ne_bytes(member_class(group).to_ne_bytes()));
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+         AND granted AND classid::int8 = $1",
+    )
+    .bind(class)
+    .fetch_one(pool)
+    .await?;
+    u32::try_from(count).map_err(|e| corrupt("member count", e))
+}
+
+async fn take(
+    pool: &PgPool,
+    group: &str,
+    partition: u32,
+    lock_class: i32,
+    lock_id: i32,
+) -> Result<Option<PgLease>, StoreError> {
     let mut connection = pool.acquire().await?;
-    let lock_id = lock_id(group, partition);
     let taken: bool = sqlx::query("SELECT pg_try_advisory_lock($1, $2)")
-        .bind(LOCK_CLASS_LEASE)
+        .bind(lock_class)
         .bind(lock_id)
         .fetch_one(&mut *connection)
         .await?
@@ -46,6 +94,7 @@ pub(crate) async fn try_lease(
         connection: connection.detach(),
         group: group.to_owned(),
         partition,
+        lock_class,
         lock_id,
     }))
 }
@@ -78,7 +127,7 @@ impl Lease for PgLease {
 
     async fn release(mut self: Box<Self>) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-            .bind(LOCK_CLASS_LEASE)
+            .bind(self.lock_class)
             .bind(self.lock_id)
             .execute(&mut self.connection)
             .await?;

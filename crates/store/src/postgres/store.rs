@@ -364,6 +364,14 @@ impl Store for PgStore {
         Ok(backlog)
     }
 
+    async fn join(&self, group: &str) -> Result<Box<dyn crate::Lease>, StoreError> {
+        Ok(Box::new(super::lease::join(&self.pool, group).await?))
+    }
+
+    async fn members(&self, group: &str) -> Result<u32, StoreError> {
+        super::lease::members(&self.pool, group).await
+    }
+
     async fn try_lease(
         &self,
         group: &str,

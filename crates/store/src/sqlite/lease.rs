@@ -43,6 +43,29 @@ pub(crate) fn try_lease(
         })
 }
 
+/// The name under which members of `group` are held.
+fn members_of(group: &str) -> String {
+    format!("members:{group}")
+}
+
+/// Joins `group` under the first free member number.
+pub(crate) fn join(writer: &SqlitePool, held: &Held, group: &str) -> SqliteLease {
+    let name = members_of(group);
+    let mut member = 0;
+    loop {
+        if let Some(lease) = try_lease(writer, held, &name, member) {
+            return lease;
+        }
+        member += 1;
+    }
+}
+
+pub(crate) fn members(held: &Held, group: &str) -> u32 {
+    let name = members_of(group);
+    let count = lock(held).iter().filter(|(g, _)| *g == name).count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
 impl Drop for SqliteLease {
     fn drop(&mut self) {
         lock(&self.held).remove(&(self.group.clone(), self.partition));

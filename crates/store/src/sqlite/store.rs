@@ -339,6 +339,18 @@ impl Store for SqliteStore {
         Ok(backlog)
     }
 
+    async fn join(&self, group: &str) -> Result<Box<dyn crate::Lease>, StoreError> {
+        Ok(Box::new(super::lease::join(
+            &self.writer,
+            &self.leases,
+            group,
+        )))
+    }
+
+    async fn members(&self, group: &str) -> Result<u32, StoreError> {
+        Ok(super::lease::members(&self.leases, group))
+    }
+
     async fn try_lease(
         &self,
         group: &str,
