@@ -48,10 +48,13 @@ async fn a_lease_is_exclusive_until_released(engine: Engine) {
     assert!(again.is_some(), "a released lease is free");
 }
 
-/// Each membership counts while held; dropping one (its process died) stops it counting.
+/// Each membership counts while held, in its own database only; dropping one (its process
+/// died) stops it counting.
 async fn members_are_counted_while_they_hold_their_membership(engine: Engine) {
     let db = tally_testkit::fresh_database(engine).await;
     let store = &db.store;
+    let neighbour = tally_testkit::fresh_database(engine).await;
+    let _next_door = neighbour.store.join("relays").await.expect("join");
     assert_eq!(store.members("relays").await.expect("count"), 0);
     let one = store.join("relays").await.expect("join");
     let two = store.join("relays").await.expect("join");

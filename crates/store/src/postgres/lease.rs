@@ -60,10 +60,12 @@ pub(crate) async fn join(pool: &PgPool, group: &str) -> Result<PgLease, StoreErr
 /// Live members of `group`.
 pub(crate) async fn members(pool: &PgPool, group: &str) -> Result<u32, StoreError> {
     // pg_locks shows the first key of a two-key advisory lock as an oid: its bits, unsigned.
+    // Advisory locks belong to one database, but pg_locks lists every database's.
     let class = i64::from(u32::from_ne_bytes(member_class(group).to_ne_bytes()));
     let count: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
-         AND granted AND classid::int8 = $1",
+         AND granted AND classid::int8 = $1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .bind(class)
     .fetch_one(pool)
