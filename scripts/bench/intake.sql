@@ -1,8 +1,8 @@
 -- pgbench: the writes of one order intake, as Tally's PostgreSQL store issues them for
 -- POST /v1/orders (see crates/store/src/command.rs and crates/store/src/postgres/tx.rs):
 -- the read-only replay check, then one transaction with the idempotency-key lock and lookup,
--- the catalog read, the order row, the partition-key lock, the outbox event and the stored
--- response. Variables: tenant (a tenant id with SKU TEE-M in its catalog). Run with -M prepared.
+-- the catalog read, the order row, the partition-key lock, the outbox event, the audit record
+-- and the stored response. Variables: tenant (a tenant id with SKU TEE-M in its catalog). Run with -M prepared.
 \set n random(1, 9000000000000000000)
 SELECT fingerprint FROM idempotency_records WHERE tenant_id = :tenant AND key = 'pgbench-' || :n::text;
 BEGIN;
@@ -23,4 +23,10 @@ INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partiti
           'request-id', 'idempotency-key=pgbench-' || :n::text, NULL);
 INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at)
   VALUES (:tenant, 'pgbench-' || :n::text, sha256(convert_to(:n::text, 'UTF8')), 201, '/v1/orders/x', convert_to(repeat('x', 600), 'UTF8'), now(), now() + interval '24 hours');
+INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id)
+  VALUES (:tenant, gen_random_uuid(), now(),
+          jsonb_build_object('action', 'order.placed', 'actor', jsonb_build_object('kind', 'api_key', 'id', gen_random_uuid()),
+                             'cause', jsonb_build_object('request_id', 'request-id', 'idempotency_key', 'pgbench-' || :n::text),
+                             'entity', jsonb_build_object('type', 'order', 'id', 'pgbench-' || :n::text), 'change', jsonb_build_object('status', 'placed')),
+          'order', 'pgbench-' || :n::text);
 COMMIT;
