@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 
 use crate::mix::Shares;
+use crate::retry::TRANSIENT_RETRIES_MAX;
 use crate::schedule::{Pacing, Schedule, Stop};
 
 /// The run length when neither `--duration` nor `--orders` is given.
@@ -67,6 +68,12 @@ pub struct BenchArgs {
     /// end cancelled after a void.
     #[arg(long, env = "TALLY_BENCH_CAPTURE_FAILURE_SHARE", default_value_t = 0.0)]
     pub capture_failure_share: f64,
+    /// How often a request that failed the way a real channel retries (no connection, a reset,
+    /// a timeout, a 5xx or a 429) is sent again with the same Idempotency-Key and body, after a
+    /// backoff of 50 ms doubling to 1 s (or the server's Retry-After). 0 counts every such
+    /// failure as an error; retries are counted by cause either way.
+    #[arg(long, env = "TALLY_BENCH_TRANSIENT_RETRIES", default_value_t = 0)]
+    pub transient_retries: u32,
     /// Seed of the order mix (lines, quantities, which orders are retried, duplicated or
     /// declined): the same seed gives the same mix.
     #[arg(long, env = "TALLY_BENCH_SEED", default_value_t = 1)]
@@ -136,6 +143,7 @@ pub struct Settings {
     pub seed: u64,
     pub settle_timeout: Duration,
     pub settle_concurrency: u32,
+    pub transient_retries: u32,
 }
 
 fn share(name: &str, value: f64) -> anyhow::Result<f64> {
@@ -164,6 +172,10 @@ impl BenchArgs {
         ensure!(
             (1..=SETTLE_CONCURRENCY_MAX).contains(&self.settle_concurrency),
             "--settle-concurrency must be from 1 to {SETTLE_CONCURRENCY_MAX}"
+        );
+        ensure!(
+            self.transient_retries <= TRANSIENT_RETRIES_MAX,
+            "--transient-retries must be at most {TRANSIENT_RETRIES_MAX}"
         );
         let shares = Shares {
             retry: share("retry-share", self.retry_share)?,
@@ -208,6 +220,7 @@ impl BenchArgs {
             seed: self.seed,
             settle_timeout: self.settle_timeout,
             settle_concurrency: self.settle_concurrency,
+            transient_retries: self.transient_retries,
         })
     }
 }
@@ -270,6 +283,7 @@ mod tests {
             &["--concurrency", "0"],
             &["--orders", "0"],
             &["--url", "https://example.com"],
+            &["--transient-retries", "1001"],
         ] {
             assert!(
                 parse(flags).settings().is_err(),

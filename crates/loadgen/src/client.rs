@@ -30,6 +30,8 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     key: String,
+    /// How often a set-up request that failed transiently is sent again (see [`crate::retry`]).
+    transient_retries: u32,
 }
 
 /// The answer to one `POST /v1/orders`, as far as the load generator cares.
@@ -40,10 +42,15 @@ pub enum Answer {
     /// 409: the same key is still being processed; try again after `retry_after`, which is
     /// `None` when the server did not say (itself a mismatch).
     InFlight { retry_after: Option<Duration> },
-    /// Any other status, or a 2xx whose body is not an order.
-    Refused { status: u16 },
-    /// No HTTP answer at all.
-    Transport { timeout: bool },
+    /// Any other status, or a 2xx whose body is not an order; `retry_after` is the server's
+    /// `Retry-After`, if it gave one (503 and 429 may).
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer at all: `connect` when no connection was made (nothing was sent),
+    /// `timeout` when the answer took longer than [`REQUEST_TIMEOUT`].
+    Transport { timeout: bool, connect: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +98,15 @@ impl Api {
             http,
             base: base.trim_end_matches('/').to_owned(),
             key: key.to_owned(),
+            transient_retries: 0,
         })
+    }
+
+    /// The same client, sending set-up requests that failed transiently again up to `retries`
+    /// times. Orders are retried by [`crate::send`], which counts every retry.
+    pub fn with_transient_retries(mut self, retries: u32) -> Self {
+        self.transient_retries = retries;
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -122,6 +137,7 @@ impl Api {
             Err(error) => {
                 return Answer::Transport {
                     timeout: error.is_timeout(),
+                    connect: error.is_connect(),
                 };
             }
         };
@@ -130,18 +146,19 @@ impl Api {
             .headers()
             .get("idempotent-replayed")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         if status == StatusCode::CONFLICT {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
             return Answer::InFlight { retry_after };
         }
         if status != StatusCode::CREATED && status != StatusCode::OK {
             return Answer::Refused {
                 status: status.as_u16(),
+                retry_after,
             };
         }
         match response.json::<OrderIdentity>().await {
@@ -150,9 +167,13 @@ impl Api {
                 created_at: order.created_at,
                 replayed,
             }),
-            Err(error) if error.is_timeout() => Answer::Transport { timeout: true },
+            Err(error) if error.is_timeout() => Answer::Transport {
+                timeout: true,
+                connect: false,
+            },
             Err(_) => Answer::Refused {
                 status: status.as_u16(),
+                retry_after: None,
             },
         }
     }
@@ -218,23 +239,39 @@ impl Api {
         Ok(catalog)
     }
 
+    /// Posts one set-up request, sending it again under the same key while it fails
+    /// transiently and retries are left.
     async fn set_up(&self, path: &str, key: &str, body: &serde_json::Value) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(body)?;
-        let response = self
-            .post_json(path, key, bytes)
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let detail = response.text().await.unwrap_or_default();
-        let hint = match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                " (the key needs the scopes admin and orders, as `tally tenant create` prints)"
+        let mut retries = 0;
+        // Each turn returns or uses up a retry, so `transient_retries` bounds the loop.
+        loop {
+            let sent = self.post_json(path, key, bytes.clone()).await;
+            let transient = match &sent {
+                Ok(response) => {
+                    let status = response.status();
+                    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+                }
+                Err(_) => true,
+            };
+            if transient && retries < self.transient_retries {
+                retries += 1;
+                tokio::time::sleep(crate::retry::wait_before(retries, None)).await;
+                continue;
             }
-            _ => "",
-        };
-        bail!("POST {path} answered {status}{hint}: {detail}")
+            let response = sent.with_context(|| format!("POST {path}"))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let detail = response.text().await.unwrap_or_default();
+            let hint = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    " (the key needs the scopes admin and orders, as `tally tenant create` prints)"
+                }
+                _ => "",
+            };
+            bail!("POST {path} answered {status}{hint}: {detail}")
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! 2. **Load**: orders at a fixed arrival rate (open loop, latency measured from each order's
 //!    due time so a slow server cannot hide its stalls) or as fast as a concurrency allows
 //!    (closed loop); some re-sent after their answer and some sent by concurrent duplicates,
-//!    every answer checked against the idempotency contract.
+//!    every answer checked against the idempotency contract. With `--transient-retries`, a
+//!    request that got no answer, a 5xx or a 429 is sent again with the same key and body, as
+//!    a real channel would, and every such retry is counted.
 //! 3. **Settle**: every accepted order followed to a terminal status with bounded, paced
 //!    polling; end-to-end latency read from each order's timeline.
 //! 4. **Lag**: the relay's and consumers' lag gauges scraped from `/metrics` throughout.
@@ -23,6 +25,7 @@
 //! - [`mix`]: each order's lines, intake and payment outcome, drawn from the seed. Pure.
 //! - [`client`]: the HTTP API: set-up, placing orders, reading orders and metrics.
 //! - [`send`]: one order sent as planned, its answers checked and recorded.
+//! - [`retry`]: which failures a channel sends again under the same key, and the waits. Pure.
 //! - [`record`]: the shared tallies and histograms of the load phase.
 //! - [`load`]: the sending loop and the progress line.
 //! - [`settle`]: following orders to a terminal status.
@@ -40,6 +43,7 @@ pub mod metrics_scrape;
 pub mod mix;
 pub mod record;
 pub mod report;
+pub mod retry;
 pub mod schedule;
 pub mod send;
 pub mod settle;
@@ -57,6 +61,11 @@ use crate::mix::{DUPLICATE_COPIES_MAX, Mix};
 use crate::report::Inputs;
 pub use crate::report::Report;
 use crate::send::{Run, RunClock};
+/// The serialization crates the [`Report`] is built with, for callers that embed it in a report
+/// of their own (`tally chaos`) and must derive `Serialize` and write JSON with the same
+/// versions.
+#[doc(hidden)]
+pub use {serde, serde_json};
 
 /// Connections kept beyond those the order slots and settle polls need: the metrics scraper
 /// and the sampler.
@@ -70,7 +79,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let connections = settings.concurrency as usize * DUPLICATE_COPIES_MAX as usize
         + settings.settle_concurrency as usize
         + CONNECTIONS_SPARE;
-    let api = Api::new(&settings.base_url, &settings.api_key, connections)?;
+    let api = Api::new(&settings.base_url, &settings.api_key, connections)?
+        .with_transient_retries(settings.transient_retries);
     let run_tag = uuid::Uuid::now_v7().simple().to_string();
     let catalog = api.prepare(&run_tag).await?;
 
@@ -99,6 +109,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         run_tag: run_tag.clone(),
         clock: RunClock::now(),
         sampler: sample_tx,
+        transient_retries: settings.transient_retries,
     });
     let progress =
         (!args.quiet).then(|| tokio::spawn(load::progress(Arc::clone(&run), load_over_rx)));

@@ -103,8 +103,15 @@ pub struct Tallies {
     pub duplicate_copies_extra: u64,
     /// 409 answers to duplicate copies, each followed by a wait of `Retry-After`.
     pub duplicate_conflicts: u64,
-    /// Failed requests by status code, or `transport` and `timeout`.
+    /// Failed requests by status code, or `connect`, `transport` and `timeout`: only those
+    /// that were not retried, or whose retries ran out.
     pub errors_by_status: BTreeMap<String, u64>,
+    /// Requests sent again with the same key and body after a transient failure, by the
+    /// failure's cause (as in `errors_by_status`, and `409` for a key still held by an earlier
+    /// attempt).
+    pub transient_retries: BTreeMap<String, u64>,
+    /// Orders that needed at least one transient retry.
+    pub orders_retried: u64,
     pub mismatches: BTreeMap<Mismatch, u64>,
     pub mismatch_examples: Vec<String>,
     /// Orders whose server `created_at` lies outside the client's send-to-answer window: the
@@ -119,6 +126,10 @@ pub struct Tallies {
 impl Tallies {
     pub fn error(&mut self, status: String) {
         *self.errors_by_status.entry(status).or_default() += 1;
+    }
+
+    pub fn transient_retry(&mut self, cause: String) {
+        *self.transient_retries.entry(cause).or_default() += 1;
     }
 
     pub fn mismatch(&mut self, kind: Mismatch, detail: String) {
@@ -157,6 +168,8 @@ impl Recorder {
                 duplicate_copies_extra: 0,
                 duplicate_conflicts: 0,
                 errors_by_status: BTreeMap::new(),
+                transient_retries: BTreeMap::new(),
+                orders_retried: 0,
                 mismatches: BTreeMap::new(),
                 mismatch_examples: Vec::new(),
                 clock_skew_suspect: 0,

@@ -45,6 +45,8 @@ pub struct RunInfo {
     pub duplicate_share: f64,
     pub decline_share: f64,
     pub capture_failure_share: f64,
+    /// Most retries of one request after a transient failure; 0 when failures are errors.
+    pub transient_retries_max: u32,
 }
 
 /// Latency percentiles in milliseconds, from an HDR histogram (0.1% precision).
@@ -102,6 +104,13 @@ pub struct IntakeReport {
     /// Orders whose server `created_at` lies outside the client's send-to-answer window: the
     /// two clocks disagree and end-to-end figures carry the skew.
     pub clock_skew_suspect: u64,
+    /// Requests sent again with the same key and body after a transient failure.
+    pub transient_retries: u64,
+    /// The same, by the failure's cause: a status, `connect`, `transport` or `timeout`, and
+    /// `409` for a key still held by an earlier attempt.
+    pub transient_retries_by_cause: BTreeMap<String, u64>,
+    /// Orders that needed at least one transient retry.
+    pub orders_retried: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,6 +277,7 @@ impl Report {
                 duplicate_share: settings.shares.duplicate,
                 decline_share: settings.shares.decline,
                 capture_failure_share: settings.shares.capture_failure,
+                transient_retries_max: settings.transient_retries,
             },
             intake: IntakeReport {
                 orders_sent: tallies.orders_sent,
@@ -282,6 +292,9 @@ impl Report {
                 duplicate_copies_extra: tallies.duplicate_copies_extra,
                 duplicate_conflicts: tallies.duplicate_conflicts,
                 clock_skew_suspect: tallies.clock_skew_suspect,
+                transient_retries: tallies.transient_retries.values().sum(),
+                transient_retries_by_cause: tallies.transient_retries.clone(),
+                orders_retried: tallies.orders_retried,
             },
             errors: ErrorReport {
                 total: tallies.errors_total(),

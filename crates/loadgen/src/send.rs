@@ -11,13 +11,13 @@ use uuid::Uuid;
 use crate::client::{Answer, Api, PlacedOrder};
 use crate::mix::{Catalog, Intake, Mix};
 use crate::record::{Mismatch, Placed, Recorder, Tallies, record_latency};
+use crate::retry::{self, RETRY_AFTER_MAX};
 use crate::schedule::Schedule;
 
-/// How often one duplicate copy is sent before giving up on 409s. With the server's one
-/// second `Retry-After` this bounds a copy to about [`RETRY_AFTER_MAX`] times this.
+/// How often one request is sent while it gets 409 (its key held by a concurrent copy, or by
+/// an earlier attempt of its own). With the server's one second `Retry-After` this bounds the
+/// wait to about [`RETRY_AFTER_MAX`] times this.
 pub const DUPLICATE_ATTEMPTS_MAX: u32 = 20;
-/// The longest `Retry-After` honoured; a longer one is shortened to this.
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
 /// The wait after a 409 that gave no `Retry-After`.
 pub const RETRY_AFTER_MISSING: Duration = Duration::from_millis(100);
 /// How far the server's `created_at` may lie outside the client's send-to-answer window before
@@ -60,6 +60,8 @@ pub struct Run {
     pub clock: RunClock,
     /// Where sampled orders go to be followed while the load runs.
     pub sampler: Option<mpsc::UnboundedSender<Placed>>,
+    /// How often a request that failed transiently is sent again (see [`crate::retry`]).
+    pub transient_retries: u32,
 }
 
 /// The answer that created the order, with its timing.
@@ -78,12 +80,46 @@ struct Exchange {
     answered_at: Instant,
 }
 
+/// Who else may hold a request's key, which decides what a 409 means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    /// The key's only sender: a 409 can only come from an earlier attempt of its own that
+    /// failed transiently and may still run on the server.
+    Alone,
+    /// One of several concurrent copies: a 409 means another copy holds the key.
+    Copy,
+}
+
+/// The last answer to one request, after its retries.
+#[derive(Debug)]
+struct Sent {
+    exchange: Exchange,
+    /// When the first attempt went out: an order created by it is no older than this.
+    first_sent_at: Instant,
+    /// Whether an earlier attempt may have been applied, so that a replay or a 409 is right.
+    uncertain: bool,
+    /// Whether any attempt was a transient retry.
+    retried: bool,
+}
+
+/// What sending an order's requests found.
+#[derive(Debug)]
+struct Outcome {
+    created: Option<Created>,
+    retried: bool,
+}
+
 fn failure_label(answer: &Answer) -> Option<String> {
     match answer {
         Answer::Order(_) | Answer::InFlight { .. } => None,
-        Answer::Refused { status } => Some(status.to_string()),
-        Answer::Transport { timeout: true } => Some("timeout".to_owned()),
-        Answer::Transport { timeout: false } => Some("transport".to_owned()),
+        Answer::Refused { .. } | Answer::Transport { .. } => Some(retry::cause(answer)),
+    }
+}
+
+fn retry_after(answer: &Answer) -> Option<Duration> {
+    match answer {
+        Answer::Refused { retry_after, .. } | Answer::InFlight { retry_after } => *retry_after,
+        Answer::Order(_) | Answer::Transport { .. } => None,
     }
 }
 
@@ -117,12 +153,14 @@ impl Run {
                 }
             }
         }
-        let created = match plan.intake {
+        let outcome = match plan.intake {
             Intake::Single | Intake::Retry => self.send_once(&key, &body).await,
             Intake::Duplicate { copies } => self.send_copies(&key, &body, copies).await,
         };
-        let Some(created) = created else {
-            self.recorder.lock().orders_answered += 1;
+        let Some(created) = outcome.created else {
+            let mut tallies = self.recorder.lock();
+            tallies.orders_answered += 1;
+            tallies.orders_retried += u64::from(outcome.retried);
             return;
         };
         let placed = Placed {
@@ -132,11 +170,14 @@ impl Run {
             expected_status: plan.payment.expected_status(),
         };
         self.record_created(&created, offset, placed, plan.sampled);
+        let mut retried = outcome.retried;
         if plan.intake == Intake::Retry {
-            let again = self.exchange(&key, &body).await;
+            let again = self.send_retrying(&key, &body, Sender::Alone).await;
+            retried |= again.retried;
             let mut tallies = self.recorder.lock();
             check_replay(&mut tallies, &key, created.order.id, &again);
         }
+        self.recorder.lock().orders_retried += u64::from(retried);
     }
 
     fn record_created(&self, created: &Created, offset: Duration, placed: Placed, sampled: bool) {
@@ -169,90 +210,129 @@ impl Run {
         }
     }
 
-    /// A key used by one request: a fresh order is the only right answer.
-    async fn send_once(&self, key: &str, body: &[u8]) -> Option<Created> {
-        let exchange = self.exchange(key, body).await;
-        let mut tallies = self.recorder.lock();
-        match exchange.answer {
-            Answer::Order(order) => {
-                if order.replayed {
-                    let detail = format!("{key} answered as a replay of order {}", order.id);
-                    tallies.mismatch(Mismatch::FirstAnswerReplayed, detail);
-                }
-                Some(Created {
-                    order,
-                    sent_at: exchange.sent_at,
-                    answered_at: exchange.answered_at,
-                })
-            }
-            Answer::InFlight { .. } => {
-                let detail = format!("{key} got 409 though no other request used it");
-                tallies.mismatch(Mismatch::UnexpectedConflict, detail);
-                None
-            }
-            Answer::Refused { .. } | Answer::Transport { .. } => {
-                tallies.error(failure_label(&exchange.answer).unwrap_or_default());
-                None
-            }
-        }
-    }
-
-    /// Sends one duplicate copy until it gets something other than 409, honouring
-    /// `Retry-After`.
-    async fn send_copy(&self, key: &str, body: &[u8]) -> Exchange {
+    /// Sends one request, and again with the same key and body while it fails transiently
+    /// (up to `transient_retries` times) or gets a 409 that a concurrent holder of its key
+    /// explains (honouring `Retry-After`, up to [`DUPLICATE_ATTEMPTS_MAX`] attempts).
+    async fn send_retrying(&self, key: &str, body: &[u8], sender: Sender) -> Sent {
         let mut exchange = self.exchange(key, body).await;
-        for _ in 1..DUPLICATE_ATTEMPTS_MAX {
-            let Answer::InFlight { retry_after } = exchange.answer else {
-                return exchange;
-            };
-            let wait = {
-                let mut tallies = self.recorder.lock();
-                tallies.duplicate_conflicts += 1;
-                match retry_after {
-                    Some(wait) => wait.min(RETRY_AFTER_MAX),
-                    None => {
-                        let detail = format!("{key} got 409 without Retry-After");
-                        tallies.mismatch(Mismatch::ConflictWithoutRetryAfter, detail);
-                        RETRY_AFTER_MISSING
+        let first_sent_at = exchange.sent_at;
+        let (mut retries, mut conflicts, mut uncertain) = (0, 0, false);
+        // Each turn sends once more and uses up a retry or a conflict attempt, so the two
+        // limits bound the loop.
+        loop {
+            let answer = &exchange.answer;
+            let wait = match answer {
+                Answer::InFlight { .. } if sender == Sender::Copy || uncertain => {
+                    if conflicts + 1 >= DUPLICATE_ATTEMPTS_MAX {
+                        break;
                     }
+                    conflicts += 1;
+                    self.conflict_wait(key, sender, retry_after(answer))
                 }
+                _ if retry::is_transient(answer) && retries < self.transient_retries => {
+                    retries += 1;
+                    uncertain |= retry::may_have_applied(answer);
+                    self.recorder.lock().transient_retry(retry::cause(answer));
+                    retry::wait_before(retries, retry_after(answer))
+                }
+                _ => break,
             };
             tokio::time::sleep(wait).await;
             exchange = self.exchange(key, body).await;
         }
-        if matches!(exchange.answer, Answer::InFlight { .. }) {
+        if matches!(exchange.answer, Answer::InFlight { .. }) && conflicts > 0 {
             let detail = format!("{key} got 409 {DUPLICATE_ATTEMPTS_MAX} times");
             self.recorder
                 .lock()
                 .mismatch(Mismatch::ConflictForever, detail);
         }
-        exchange
+        Sent {
+            exchange,
+            first_sent_at,
+            uncertain,
+            retried: retries > 0,
+        }
+    }
+
+    /// Counts a 409 and says how long to wait before sending again.
+    fn conflict_wait(&self, key: &str, sender: Sender, retry_after: Option<Duration>) -> Duration {
+        let mut tallies = self.recorder.lock();
+        match sender {
+            Sender::Copy => tallies.duplicate_conflicts += 1,
+            Sender::Alone => tallies.transient_retry("409".to_owned()),
+        }
+        match retry_after {
+            Some(wait) => wait.min(RETRY_AFTER_MAX),
+            None => {
+                let detail = format!("{key} got 409 without Retry-After");
+                tallies.mismatch(Mismatch::ConflictWithoutRetryAfter, detail);
+                RETRY_AFTER_MISSING
+            }
+        }
+    }
+
+    /// A key used by one request: a fresh order is the only right answer, unless an attempt
+    /// that failed transiently may have placed it, in which case a replay is right too.
+    async fn send_once(&self, key: &str, body: &[u8]) -> Outcome {
+        let sent = self.send_retrying(key, body, Sender::Alone).await;
+        let mut tallies = self.recorder.lock();
+        let created = match sent.exchange.answer {
+            Answer::Order(order) => {
+                if order.replayed && !sent.uncertain {
+                    let detail = format!("{key} answered as a replay of order {}", order.id);
+                    tallies.mismatch(Mismatch::FirstAnswerReplayed, detail);
+                }
+                Some(Created {
+                    order,
+                    sent_at: sent.first_sent_at,
+                    answered_at: sent.exchange.answered_at,
+                })
+            }
+            Answer::InFlight { .. } if !sent.uncertain => {
+                let detail = format!("{key} got 409 though no other request used it");
+                tallies.mismatch(Mismatch::UnexpectedConflict, detail);
+                None
+            }
+            // A 409 past the conflict limit is counted as a mismatch already.
+            Answer::InFlight { .. } => None,
+            Answer::Refused { .. } | Answer::Transport { .. } => {
+                tallies.error(failure_label(&sent.exchange.answer).unwrap_or_default());
+                None
+            }
+        };
+        Outcome {
+            created,
+            retried: sent.retried,
+        }
     }
 
     /// A key sent by `copies` concurrent requests: exactly one may create the order, and every
     /// other must be answered with the same order as a replay.
-    async fn send_copies(&self, key: &str, body: &[u8], copies: u64) -> Option<Created> {
-        let sends = (0..copies).map(|_| self.send_copy(key, body));
-        let exchanges = futures::future::join_all(sends).await;
+    async fn send_copies(&self, key: &str, body: &[u8], copies: u64) -> Outcome {
+        let sends = (0..copies).map(|_| self.send_retrying(key, body, Sender::Copy));
+        let all_sent = futures::future::join_all(sends).await;
+        let retried = all_sent.iter().any(|sent| sent.retried);
+        // A copy whose attempt may have created the order without an answer leaves every
+        // answer a replay.
+        let mut unanswered = all_sent.iter().any(|sent| sent.uncertain);
         let mut tallies = self.recorder.lock();
         let mut fresh: Option<Created> = None;
         let mut first_replay: Option<Created> = None;
-        let mut failed = false;
-        for exchange in exchanges {
-            let Answer::Order(order) = &exchange.answer else {
-                if let Some(label) = failure_label(&exchange.answer) {
+        for sent in all_sent {
+            let Answer::Order(order) = &sent.exchange.answer else {
+                if let Some(label) = failure_label(&sent.exchange.answer) {
                     tallies.error(label);
-                    failed = true;
+                    unanswered = true;
                 }
                 continue;
             };
             let created = Created {
                 order: order.clone(),
-                sent_at: exchange.sent_at,
-                answered_at: exchange.answered_at,
+                sent_at: sent.first_sent_at,
+                answered_at: sent.exchange.answered_at,
             };
             if order.replayed {
-                let latency = exchange.answered_at - exchange.sent_at;
+                let latency = sent.exchange.answered_at - sent.exchange.sent_at;
                 record_latency(&mut tallies.replay, latency);
                 if first_replay
                     .as_ref()
@@ -267,7 +347,7 @@ impl Run {
                 fresh = Some(created);
             }
         }
-        match (fresh, first_replay) {
+        let created = match (fresh, first_replay) {
             (Some(fresh), Some(replay)) if fresh.order.id != replay.order.id => {
                 let detail = format!("{key} gave {} and {}", fresh.order.id, replay.order.id);
                 tallies.mismatch(Mismatch::DifferentOrder, detail);
@@ -276,19 +356,21 @@ impl Run {
             (Some(fresh), _) => Some(fresh),
             // The creating copy's answer was lost: the order exists, known from a replay.
             (None, Some(replay)) => {
-                if !failed {
+                if !unanswered {
                     let detail = format!("{key}: every copy was a replay of {}", replay.order.id);
                     tallies.mismatch(Mismatch::NeverCreated, detail);
                 }
                 Some(replay)
             }
             (None, None) => None,
-        }
+        };
+        Outcome { created, retried }
     }
 }
 
 /// Checks the answer to a re-send of `key`, whose first answer created `expected`.
-fn check_replay(tallies: &mut Tallies, key: &str, expected: Uuid, exchange: &Exchange) {
+fn check_replay(tallies: &mut Tallies, key: &str, expected: Uuid, sent: &Sent) {
+    let exchange = &sent.exchange;
     match &exchange.answer {
         Answer::Order(order) if order.id != expected => {
             let detail = format!("{key} created {expected}, its re-send got {}", order.id);
@@ -302,15 +384,17 @@ fn check_replay(tallies: &mut Tallies, key: &str, expected: Uuid, exchange: &Exc
             let latency = exchange.answered_at - exchange.sent_at;
             record_latency(&mut tallies.replay, latency);
         }
+        // Past the conflict limit of a retried re-send: counted as a mismatch already.
+        Answer::InFlight { .. } if sent.uncertain => {}
         Answer::InFlight { .. } => {
             let detail = format!("{key}'s re-send got 409 after the first was answered");
             tallies.mismatch(Mismatch::ReplayRefused, detail);
         }
-        Answer::Refused { status } => {
+        Answer::Refused { status, .. } if !retry::is_transient(&exchange.answer) => {
             let detail = format!("{key}'s re-send got {status}");
             tallies.mismatch(Mismatch::ReplayRefused, detail);
         }
-        Answer::Transport { .. } => {
+        Answer::Refused { .. } | Answer::Transport { .. } => {
             tallies.error(failure_label(&exchange.answer).unwrap_or_default());
         }
     }

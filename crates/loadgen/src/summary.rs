@@ -91,6 +91,15 @@ impl fmt::Display for Report {
             intake.duplicate_orders,
             intake.duplicate_conflicts
         )?;
+        if run.transient_retries_max > 0 || intake.transient_retries > 0 {
+            writeln!(
+                f,
+                "  retried  {} requests of {} orders after transient failures ({}), same key and body",
+                intake.transient_retries,
+                intake.orders_retried,
+                counts(&intake.transient_retries_by_cause),
+            )?;
+        }
         if intake.clock_skew_suspect > 0 {
             writeln!(
                 f,

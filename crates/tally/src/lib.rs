@@ -6,7 +6,9 @@
 //!
 //! - [`server`]: start and stop a server process's tasks.
 //! - [`admin`]: tenants and API keys, for the operator commands.
+//! - [`chaos`]: `tally chaos`, a seeded fault-injection run over real processes, then checks.
 
 pub mod admin;
+pub mod chaos;
 pub mod checks;
 pub mod server;

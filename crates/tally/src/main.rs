@@ -67,6 +67,11 @@ enum Commands {
     },
     /// Drive a running Tally through its HTTP API and measure intake and end-to-end latency.
     Bench(Box<tally_loadgen::BenchArgs>),
+    /// Deploy Tally as real processes on a fresh store, run a seeded number of orders with
+    /// duplicates, retries, partner faults and duplicate webhooks (and, on Kafka, processes
+    /// killed and restarted), wait for quiescence and run every invariant check. Exits 1 on any
+    /// violation.
+    Chaos(Box<tally::chaos::ChaosArgs>),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -297,6 +302,15 @@ async fn main() -> anyhow::Result<()> {
     if let Commands::Sandbox(args) = &cli.command {
         return sandbox(args).await;
     }
+    if let Commands::Chaos(args) = &cli.command {
+        let exe = std::env::current_exe().context("cannot find the tally binary")?;
+        let report = tally::chaos::run(args, &exe).await?;
+        println!("{report}");
+        if !report.is_clean() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     if let Commands::Bench(args) = &cli.command {
         let report = tally_loadgen::run(args).await?;
         println!("{report}");
@@ -315,7 +329,7 @@ async fn main() -> anyhow::Result<()> {
     let clock = SystemClock;
     match cli.command {
         Commands::Serve(args) => serve(store, url, args).await,
-        Commands::Sandbox(_) | Commands::Bench(_) => Ok(()),
+        Commands::Sandbox(_) | Commands::Bench(_) | Commands::Chaos(_) => Ok(()),
         Commands::Check { sandbox_url } => check(store.as_ref(), sandbox_url.as_deref()).await,
         Commands::Migrate => {
             eprintln!("migrations applied to {url}");

@@ -1,0 +1,156 @@
+//! `tally chaos` on each deployment, small: real processes of the `tally` binary, the partner
+//! sandbox with faults on, duplicate and retried orders and, on Kafka, processes killed and
+//! restarted; every run must end quiescent with `tally check` finding nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use clap::Parser;
+use tally::chaos::{ChaosArgs, ChaosReport};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    chaos: ChaosArgs,
+}
+
+fn chaos_args(deployment: &str, dir: &Path, flags: &[&str]) -> ChaosArgs {
+    let postgres = tally_testkit::postgres_admin_url();
+    let data_dir = dir.to_str().expect("a UTF-8 path");
+    let argv = [
+        "chaos",
+        "--deployment",
+        deployment,
+        "--data-dir",
+        data_dir,
+        "--postgres-url",
+        &postgres,
+        "--quiet",
+        "--process-log",
+        "info",
+        "--settle-timeout",
+        "60s",
+        "--quiesce-timeout",
+        "60s",
+    ];
+    Cli::try_parse_from(argv.iter().chain(flags))
+        .expect("valid flags")
+        .chaos
+}
+
+/// Runs chaos and asserts a clean report; keeps the logs (and the database) of a run that
+/// failed, and removes those of a clean one.
+async fn run_clean(deployment: &str, flags: &[&str]) -> ChaosReport {
+    let dir = tempfile::tempdir().expect("a directory for the run").keep();
+    let args = chaos_args(deployment, &dir, flags);
+    let report = match tally::chaos::run(&args, Path::new(env!("CARGO_BIN_EXE_tally"))).await {
+        Ok(report) => report,
+        Err(error) => panic!("the chaos run: {error:#}; logs in {}", dir.display()),
+    };
+    println!("{report}");
+    assert!(
+        report.is_clean(),
+        "the chaos run found violations; logs in {}:\n{report}",
+        dir.display()
+    );
+    assert_eq!(report.load.intake.accepted, report.orders);
+    assert_eq!(report.load.settle.settled, report.orders);
+    assert!(report.quiescence.reached);
+    assert_eq!(report.check.partner_effects.map(|n| n > 0), Some(true));
+    if let Some(name) = report.database_url.rsplit('/').next()
+        && report.database_url.starts_with("postgres")
+    {
+        let dropped = Command::new("dropdb")
+            .arg(format!(
+                "--maintenance-db={}",
+                tally_testkit::postgres_admin_url()
+            ))
+            .args(["--force", name])
+            .status();
+        assert!(
+            dropped.is_ok_and(|status| status.success()),
+            "dropdb {name}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// Proves that one SQLite process under duplicate, retried, declined and failing orders and a
+/// faulty partner sandbox places each order once and ends with every invariant holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_sqlite_ends_clean() {
+    let report = run_clean(
+        "sqlite",
+        &["--orders", "300", "--rate", "150", "--seed", "11"],
+    )
+    .await;
+    assert!(report.kills.is_empty(), "no kills without Kafka");
+    assert!(report.load.intake.duplicate_orders > 0 && report.load.intake.retry_orders > 0);
+}
+
+/// Proves the same of one process on PostgreSQL with the embedded log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_postgres_ends_clean() {
+    run_clean(
+        "postgres",
+        &["--orders", "300", "--rate", "150", "--seed", "12"],
+    )
+    .await;
+}
+
+/// The brokers of the test script's Kafka, or `None` (the Kafka tests then skip).
+fn kafka_brokers() -> Option<String> {
+    let brokers = std::env::var("TALLY_TEST_KAFKA_BROKERS").ok();
+    if brokers.is_none() {
+        eprintln!("skipped: TALLY_TEST_KAFKA_BROKERS is not set (./scripts/test sets it)");
+    }
+    brokers
+}
+
+/// Proves that on PostgreSQL and Kafka, with the API, the relay and the workers killed with
+/// SIGKILL and restarted at seeded moments, no order is lost or placed twice and every
+/// invariant holds once the run is quiescent.
+///
+/// Victims stay down longer than the consumer groups' session timeout (6 s). A worker back
+/// sooner sometimes strands partitions on tansu 0.6: when the dead member's session expires
+/// while two live members remain, its coordinator appears to tell only the next member to
+/// heartbeat to rejoin, and the dead member's share of the new assignment is consumed by
+/// nobody. `tally chaos` with its default 1 to 5 s finds that in about one run in four; this
+/// test keeps to what it proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open defect: under repeated kills on tansu 0.6 some orders never settle (10,000-order \
+            run: 333 stuck in `delivered`); run with --ignored while it is investigated"]
+async fn chaos_on_kafka_survives_kills_and_ends_clean() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let flags = [
+        "--kafka-brokers",
+        &brokers,
+        "--orders",
+        "200",
+        "--rate",
+        "40",
+        "--kill-every",
+        "3s",
+        "--down-min",
+        "7s",
+        "--down-max",
+        "9s",
+        "--seed",
+        "13",
+    ];
+    let report = run_clean("kafka", &flags).await;
+    assert!(
+        report.kills.len() >= 2,
+        "at least two kills: {:?}",
+        report.kills
+    );
+    assert!(
+        report
+            .kills
+            .iter()
+            .any(|kill| kill.victim.starts_with("worker"))
+    );
+}
