@@ -34,7 +34,8 @@
 //! - [`summary`]: the figures as the human summary (`Display`).
 //!
 //! `tally bench` runs it from the command line; `tests/bench.rs` runs one against an in-process
-//! Tally.
+//! Tally, and `tests/retries.rs` one through a proxy that loses answers the server already
+//! applied.
 
 pub mod args;
 pub mod client;

@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tally_loadgen::serde::Serialize;
 use tally_loadgen::{BenchArgs, Rate};
-use tally_store::ConnectOptions;
 use tokio::sync::watch;
 
 use crate::chaos::fleet::{Fleet, Kind};
@@ -44,16 +43,21 @@ use crate::chaos::kills::Killing;
 pub use crate::chaos::report::ChaosReport;
 use crate::chaos::report::{CheckFigures, Faults, QuiescenceReport};
 
-/// The order mix: shares re-sent, duplicated, declined and failing capture.
+/// Share of orders re-sent with the same key once answered: each must be a replay.
 pub const RETRY_SHARE: f64 = 0.10;
+/// Share of orders sent by 2 or 3 concurrent requests under one key: one creates it.
 pub const DUPLICATE_SHARE: f64 = 0.05;
+/// Share of orders whose price makes the sandbox decline the payment: they end cancelled.
 pub const DECLINE_SHARE: f64 = 0.02;
+/// Share of orders whose price makes the capture fail: they end cancelled after a void.
 pub const CAPTURE_FAILURE_SHARE: f64 = 0.01;
 /// Order requests in flight at most: room for the backlog a killed API leaves behind.
 pub const LOAD_CONCURRENCY: u32 = 256;
 /// Retries of one request after transient failures: with the load generator's backoff
 /// (doubling to 1 s) about two minutes, far past a restart.
 pub const TRANSIENT_RETRIES: u32 = 120;
+/// Settle polls in flight: enough to follow thousands of orders, light beside the saga.
+pub const SETTLE_CONCURRENCY: u32 = 8;
 /// How long a process may take to be ready at the start: migrations, topics, consumer groups.
 pub const START_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most orders one run places.
@@ -161,6 +165,10 @@ pub struct ChaosArgs {
     /// Log filter of the Tally processes, whose logs go to files in the data directory.
     #[arg(long, default_value = "info")]
     pub process_log: String,
+    /// Database connections of each Tally process's pool [default: the processes' own
+    /// default, 16]. Lower it on a PostgreSQL server shared with other work.
+    #[arg(long)]
+    pub process_db_connections: Option<u32>,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -219,7 +227,7 @@ impl ChaosArgs {
             seed: self.seed,
             settle_timeout: self.settle_timeout,
             settle_sample: 0.0,
-            settle_concurrency: 8,
+            settle_concurrency: SETTLE_CONCURRENCY,
             json: None,
             quiet: self.quiet,
         }
@@ -227,9 +235,39 @@ impl ChaosArgs {
 }
 
 /// Runs a chaos run with the `tally` binary at `tally_exe` and returns its report; writes it
-/// to `args.json` too when given. Every process it started is gone when it returns.
+/// to `args.json` too when given. Every process it started is gone when it returns, also when
+/// it fails or is interrupted by SIGINT or SIGTERM (which it then reports as an error).
 pub async fn run(args: &ChaosArgs, tally_exe: &Path) -> anyhow::Result<ChaosReport> {
     args.validate()?;
+    // Returning drops the run, and with it the fleet, which kills every process.
+    tokio::select! {
+        report = run_to_end(args, tally_exe) => report,
+        signal = interrupted() => Err(anyhow::anyhow!(
+            "interrupted by {signal}; every process of the run is stopped"
+        )),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM and names it; never returns if neither can be listened for.
+async fn interrupted() -> &'static str {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = terminate => "SIGTERM",
+        interrupt = tokio::signal::ctrl_c() => match interrupt {
+            Ok(()) => "SIGINT",
+            Err(_) => std::future::pending().await,
+        },
+    }
+}
+
+async fn run_to_end(args: &ChaosArgs, tally_exe: &Path) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
     let mut deployed = deploy(args, tally_exe).await?;
     eprintln!(
@@ -255,14 +293,10 @@ pub async fn run(args: &ChaosArgs, tally_exe: &Path) -> anyhow::Result<ChaosRepo
     kills::supervise(&mut deployed.fleet, started, &mut chaos).await?;
 
     eprintln!("chaos: every order is answered and followed; waiting for quiescence");
-    let url = &deployed.database_url;
-    let store = tally_store::connect(url, &ConnectOptions::default())
-        .await
-        .with_context(|| format!("cannot open the store at {url}"))?;
     let tally_urls = deployed.fleet.tally_urls();
     let quiescence = quiesce::wait(
         &tally_urls,
-        store.as_ref(),
+        &deployed.database_url,
         &deployed.sandbox_url,
         args.quiesce_timeout,
     )
@@ -290,7 +324,7 @@ pub async fn run(args: &ChaosArgs, tally_exe: &Path) -> anyhow::Result<ChaosRepo
         kills: chaos.kills,
         exits: chaos.exits,
         quiescence: QuiescenceReport::of(&quiescence),
-        check: CheckFigures::of(&quiescence.check),
+        check: quiescence.check.as_ref().ok().map(CheckFigures::of),
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     if let Some(path) = &args.json {

@@ -7,12 +7,13 @@
 //! is run again after the next quiet spell, until it passes or the deadline passes; the last
 //! check's result is the one reported.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tally_loadgen::metrics_scrape::{CONSUMER_LAG_GAUGE, RELAY_LAG_GAUGE, parse_text};
 use tally_sandbox::Effect;
-use tally_store::Store;
+use tally_store::{ConnectOptions, Store};
 
 use crate::checks::CheckReport;
 
@@ -34,7 +35,8 @@ pub struct Quiescence {
     pub lag_last: Option<f64>,
     /// Checks run; the last one's report is `check`.
     pub checks: u32,
-    pub check: CheckReport,
+    /// The last check's report, or why it could not run.
+    pub check: Result<CheckReport, String>,
 }
 
 /// The summed lag gauges of every process at `urls`, or `None` if one did not answer.
@@ -73,20 +75,48 @@ pub async fn effects(http: &reqwest::Client, sandbox_url: &str) -> anyhow::Resul
         .with_context(|| format!("{url} did not answer with effects"))
 }
 
-/// Every invariant of the store, with the sandbox's effects.
-pub async fn check(
-    http: &reqwest::Client,
-    store: &dyn Store,
-    sandbox_url: &str,
-) -> anyhow::Result<CheckReport> {
-    let effects = effects(http, sandbox_url).await?;
-    crate::checks::all(store, Some(&effects)).await
+/// Connections of the checker's pool: it reads one query at a time, and the deployment's
+/// processes hold the server's other connections.
+const CHECK_CONNECTIONS: u32 = 2;
+
+/// Runs `tally check` in this process, with the sandbox's effects, opening the store on first
+/// use (and again after a failure), so that a store that is busy for a moment is not fatal.
+struct Checker<'a> {
+    http: reqwest::Client,
+    database_url: &'a str,
+    sandbox_url: &'a str,
+    store: Option<Arc<dyn Store>>,
 }
 
-/// Waits for quiescence of the processes at `urls` and a passing check, until `timeout`.
+impl Checker<'_> {
+    async fn check(&mut self) -> anyhow::Result<CheckReport> {
+        let store = match &self.store {
+            Some(store) => Arc::clone(store),
+            None => {
+                let options = ConnectOptions {
+                    connections_max: CHECK_CONNECTIONS,
+                };
+                let store = tally_store::connect(self.database_url, &options)
+                    .await
+                    .with_context(|| format!("cannot open the store at {}", self.database_url))?;
+                self.store = Some(Arc::clone(&store));
+                store
+            }
+        };
+        let effects = effects(&self.http, self.sandbox_url).await?;
+        let report = crate::checks::all(store.as_ref(), Some(&effects)).await;
+        if report.is_err() {
+            self.store = None;
+        }
+        report
+    }
+}
+
+/// Waits for quiescence of the processes at `urls` and a passing check of the store at
+/// `database_url`, until `timeout`. A check that cannot run counts as not passing.
 pub async fn wait(
     urls: &[String],
-    store: &dyn Store,
+    database_url: &str,
     sandbox_url: &str,
     timeout: Duration,
 ) -> anyhow::Result<Quiescence> {
@@ -94,6 +124,12 @@ pub async fn wait(
         .timeout(SCRAPE_TIMEOUT)
         .build()
         .context("build the HTTP client")?;
+    let mut checker = Checker {
+        http: http.clone(),
+        database_url,
+        sandbox_url,
+        store: None,
+    };
     let started = Instant::now();
     let deadline = started + timeout;
     let (mut quiet, mut checks, mut lag_last) = (0, 0, None);
@@ -101,28 +137,31 @@ pub async fn wait(
         lag_last = lag(&http, urls).await;
         quiet = if lag_last == Some(0.0) { quiet + 1 } else { 0 };
         if quiet >= QUIET_SCRAPES {
-            let report = check(&http, store, sandbox_url).await?;
             checks += 1;
-            eprintln!(
-                "chaos: quiet for {QUIET_SCRAPES} s; check {checks}: {} violations",
-                report.violations.len()
-            );
-            if report.is_clean() {
-                return Ok(Quiescence {
-                    reached: true,
-                    waited: started.elapsed(),
-                    lag_last,
-                    checks,
-                    check: report,
-                });
+            match checker.check().await {
+                Ok(report) if report.is_clean() => {
+                    eprintln!("chaos: quiet for {QUIET_SCRAPES} s; check {checks} passes");
+                    return Ok(Quiescence {
+                        reached: true,
+                        waited: started.elapsed(),
+                        lag_last,
+                        checks,
+                        check: Ok(report),
+                    });
+                }
+                Ok(report) => eprintln!(
+                    "chaos: quiet for {QUIET_SCRAPES} s; check {checks}: {} violations",
+                    report.violations.len()
+                ),
+                Err(error) => eprintln!("chaos: check {checks} could not run: {error:#}"),
             }
             quiet = 0;
         }
         tokio::time::sleep(SCRAPE_INTERVAL).await;
     }
     // The deadline passed: report what the store looks like now, honestly.
-    let check = check(&http, store, sandbox_url).await?;
     checks += 1;
+    let check = checker.check().await.map_err(|error| format!("{error:#}"));
     Ok(Quiescence {
         reached: false,
         waited: started.elapsed(),

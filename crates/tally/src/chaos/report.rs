@@ -34,7 +34,8 @@ pub struct ChaosReport {
     /// Processes that exited without being killed, and were started again.
     pub exits: Vec<Exit>,
     pub quiescence: QuiescenceReport,
-    pub check: CheckFigures,
+    /// What the last check looked at; `None` if it could not run (a violation says why).
+    pub check: Option<CheckFigures>,
     /// Every broken invariant or failed expectation, each naming what is at fault.
     pub violations: Vec<String>,
     pub elapsed_s: f64,
@@ -135,7 +136,28 @@ pub fn violations(load: &Report, chaos: &Chaos, quiescence: &Quiescence) -> Vec<
             "load: {count} orders ended otherwise than their price steered ({outcome})"
         ));
     }
-    let check = &quiescence.check;
+    match &quiescence.check {
+        Ok(check) => found.extend(store_violations(load, check)),
+        Err(error) => found.push(format!("the check could not run: {error}")),
+    }
+    if !quiescence.reached {
+        let lag = quiescence
+            .lag_last
+            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+        found.push(format!(
+            "not quiescent with a passing check within {:.0} s (summed lag at the end: {lag})",
+            quiescence.waited.as_secs_f64()
+        ));
+    }
+    if let Ok(check) = &quiescence.check {
+        found.extend(check.violations.iter().map(|v| format!("check: {v}")));
+    }
+    found
+}
+
+/// Orders lost or doubled between the channel and the store, and orders left unfinished.
+fn store_violations(load: &Report, check: &CheckReport) -> Vec<String> {
+    let mut found = Vec::new();
     let stored = check.orders() as u64;
     if stored != load.intake.accepted {
         found.push(format!(
@@ -149,16 +171,6 @@ pub fn violations(load: &Report, chaos: &Chaos, quiescence: &Quiescence) -> Vec<
             found.push(format!("{count} orders are still {status} in the store"));
         }
     }
-    if !quiescence.reached {
-        let lag = quiescence
-            .lag_last
-            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
-        found.push(format!(
-            "not quiescent with a passing check within {:.0} s (summed lag at the end: {lag})",
-            quiescence.waited.as_secs_f64()
-        ));
-    }
-    found.extend(check.violations.iter().map(|v| format!("check: {v}")));
     found
 }
 
@@ -260,20 +272,22 @@ impl fmt::Display for ChaosReport {
             "quiesce  {reached} {:.1} s after the last order settled ({} checks)",
             quiescence.waited_s, quiescence.checks
         )?;
-        let check = &self.check;
-        writeln!(
-            f,
-            "check    orders {}, timeline events {}, journal entries {}, audit records {}, \
-             stock rows {}, partner effects {}",
-            counts(&check.orders_by_status),
-            check.timeline_events,
-            check.journal_entries,
-            check.audit_records_verified,
-            check.stock_rows,
-            check
-                .partner_effects
-                .map_or_else(|| "not checked".to_owned(), |n| n.to_string()),
-        )?;
+        match &self.check {
+            Some(check) => writeln!(
+                f,
+                "check    orders {}, timeline events {}, journal entries {}, audit records {}, \
+                 stock rows {}, partner effects {}",
+                counts(&check.orders_by_status),
+                check.timeline_events,
+                check.journal_entries,
+                check.audit_records_verified,
+                check.stock_rows,
+                check
+                    .partner_effects
+                    .map_or_else(|| "not checked".to_owned(), |n| n.to_string()),
+            )?,
+            None => writeln!(f, "check    could not run")?,
+        }
         write!(f, "violations {}", self.violations.len())?;
         for violation in &self.violations {
             write!(f, "\n  {violation}")?;
@@ -324,14 +338,14 @@ mod tests {
             waited: Duration::from_secs(3),
             lag_last: Some(0.0),
             checks: 1,
-            check: CheckReport {
+            check: Ok(CheckReport {
                 violations: violations.iter().map(|v| (*v).to_owned()).collect(),
                 orders_by_status: statuses
                     .iter()
                     .map(|(s, n)| ((*s).to_owned(), *n))
                     .collect(),
                 ..CheckReport::default()
-            },
+            }),
         }
     }
 

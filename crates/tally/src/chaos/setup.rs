@@ -141,6 +141,9 @@ pub struct Wiring<'a> {
 /// every role, or on Kafka an API, a relay and two workers.
 pub fn tally(args: &ChaosArgs, wiring: &Wiring<'_>) -> anyhow::Result<Vec<Spec>> {
     let mut env = vec![("TALLY_LOG".to_owned(), args.process_log.clone())];
+    if let Some(connections) = args.process_db_connections {
+        env.push(("TALLY_DB_CONNECTIONS".to_owned(), connections.to_string()));
+    }
     let processes = match wiring.kafka {
         None => {
             env.push(("TALLY_BUS".to_owned(), "embedded".to_owned()));
