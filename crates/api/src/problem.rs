@@ -201,6 +201,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match &error {
             StoreError::Database(_) if error.is_unavailable() => ApiError::Unavailable(error),
+            StoreError::CommitFailed(_) => ApiError::Unavailable(error),
             StoreError::Database(_)
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)

@@ -1,15 +1,19 @@
 //! Dispatchers: consumer groups over the log that apply each event's effect exactly once.
 //!
 //! Delivery is at-least-once; exactness comes from the effect's own transaction, which also
-//! records the event in the group's inbox and moves the group's offset past it. A duplicate
-//! delivery finds the event in the inbox and does nothing. Partner calls made before that
+//! records the event in the group's inbox. A duplicate delivery finds the event in the inbox
+//! and does nothing. Partner calls made before that
 //! transaction carry idempotency keys derived from (group, event id, step), so a call repeated
 //! after a crash is applied by the partner once.
 //!
-//! Each partition is consumed by its own task, in position order, so one key's events are
-//! applied in order and a slow key holds up only its own partition. A failing event is retried
-//! with capped exponential backoff and full jitter; a permanent failure, or the last failed
-//! attempt, becomes a dead letter and the partition moves on.
+//! Each partition is consumed by its own task, a batch at a time. Within a batch, events are
+//! split into lanes by partition key: one key's events are applied one after another, in
+//! position order, while different keys' lanes run concurrently (up to
+//! [`runner::LANES_IN_FLIGHT_MAX`]), so a partition is not held to one partner call at a time
+//! and concurrent effects share the store's commits. The partition's offset moves past the batch
+//! once every lane has finished; a crash before that re-delivers the batch, and the inbox skips
+//! what was applied. A failing event is retried with capped exponential backoff and full jitter;
+//! a permanent failure, or the last failed attempt, becomes a dead letter and its lane moves on.
 //!
 //! # Layout
 //!
@@ -78,12 +82,10 @@ pub trait Handler: Send + Sync + std::fmt::Debug {
 /// besides the effect.
 #[derive(Debug, Clone)]
 pub enum Origin {
-    /// A partition of the embedded log: the group's offset moves past the event in the
-    /// effect's transaction.
-    Log,
-    /// A Kafka partition: the consumer stores the Kafka offset after the effect's transaction
-    /// commits, so nothing about offsets is written to the store.
-    Kafka,
+    /// A partition of the embedded log or of Kafka. The effect's transaction records only the
+    /// inbox row: the partition's offset moves after every event before it was applied too
+    /// (the embedded log's batch, Kafka's stored offset), which the effect cannot know.
+    Partition,
     /// The retry of a dead letter, which must not move any offset (the partition is past it
     /// already); the letter is marked retried in the effect's transaction.
     DeadLetter(Box<DeadLetterRecord>),
@@ -154,24 +156,15 @@ impl Delivery {
                 tx.upsert_dead_letter(&retried).await?;
                 tx.commit().await?;
             }
-            Origin::Log | Origin::Kafka => tx.rollback().await?,
+            Origin::Partition => tx.rollback().await?,
         }
         Ok(None)
     }
 
-    /// Moves the offset past the event (for a delivery from the partition) and commits.
+    /// Marks a retried dead letter settled (for such a delivery) and commits.
     pub async fn finish(&self, mut tx: Box<dyn Tx>) -> Result<(), EffectError> {
         match &self.origin {
-            Origin::Kafka => {}
-            Origin::Log => {
-                tx.set_consumer_offset(
-                    self.group,
-                    self.event.partition,
-                    self.event.position,
-                    self.clock.now(),
-                )
-                .await?;
-            }
+            Origin::Partition => {}
             Origin::DeadLetter(letter) => {
                 let retried = DeadLetterRecord {
                     status: "retried".to_owned(),

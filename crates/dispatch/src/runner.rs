@@ -1,8 +1,10 @@
 //! The partition loops and the dead-letter retry loop of one consumer group.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tally_domain::clock::Clock;
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError};
@@ -14,6 +16,10 @@ use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, Origin, retry_delay};
 
 /// Events read from a partition at once; bounds memory and the length of one read.
 pub const BATCH_COUNT_MAX: u32 = 200;
+/// Lanes (partition keys) of one batch applied at once. Concurrent effects are what lets the
+/// store commit many of them together (group commit on SQLite, concurrent WAL flushes on
+/// PostgreSQL); more than this only queues on the store's connections.
+pub const LANES_IN_FLIGHT_MAX: usize = 32;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How often the group looks for dead letters an operator asked to retry.
@@ -117,7 +123,9 @@ impl Dispatcher {
         }
     }
 
-    /// Applies the next batch of one partition; returns how many events it read.
+    /// Applies the next batch of one partition; returns how many events it read. The batch's
+    /// lanes (one per partition key) run concurrently; the offset moves past the batch only
+    /// once all of them finished, and not at all when `shutdown` stopped them half-way.
     async fn consume_batch(
         &self,
         partition: u32,
@@ -129,26 +137,46 @@ impl Dispatcher {
             .store
             .read_log(Some(partition), offset, BATCH_COUNT_MAX)
             .await?;
-        let mut passed_over = None;
-        for event in &events {
+        let Some(last) = events.last().map(|event| event.position) else {
+            return Ok(0);
+        };
+        let count = events.len();
+        let lanes = lanes(
+            events
+                .into_iter()
+                .filter(|e| self.handler.wants(&e.event_type)),
+        );
+        futures::stream::iter(lanes)
+            .map(|lane| self.apply_lane(lane, shutdown))
+            .buffer_unordered(LANES_IN_FLIGHT_MAX)
+            .try_collect::<()>()
+            .await?;
+        if shutdown.is_cancelled() {
+            return Ok(count);
+        }
+        self.store
+            .commit_consumer_offset(group, partition, last, self.clock.now())
+            .await?;
+        Ok(count)
+    }
+
+    /// Applies one key's events of a batch in order, skipping those its inbox holds already.
+    async fn apply_lane(
+        &self,
+        lane: Vec<LogEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let group = self.handler.group();
+        for event in lane {
             if shutdown.is_cancelled() {
                 break;
             }
-            if !self.handler.wants(&event.event_type)
-                || self.store.inbox_contains(group, event.id).await?
-            {
-                passed_over = Some(event.position);
+            if self.store.inbox_contains(group, event.id).await? {
                 continue;
             }
-            passed_over = None;
-            self.apply(event.clone(), Origin::Log, shutdown).await?;
+            self.apply(event, Origin::Partition, shutdown).await?;
         }
-        if let Some(position) = passed_over {
-            self.store
-                .commit_consumer_offset(group, partition, position, self.clock.now())
-                .await?;
-        }
-        Ok(events.len())
+        Ok(())
     }
 
     /// Applies one event from a partition of the embedded log or of Kafka, retrying; parks it
@@ -190,15 +218,13 @@ impl Dispatcher {
                 }
             }
         }
-        self.dead_letter(&event, &origin, failures).await
+        self.dead_letter(&event, failures).await
     }
 
-    /// Parks an event the group could not apply and, on the embedded log, moves the partition
-    /// past it in the same transaction.
+    /// Parks an event the group could not apply; its partition then moves past it.
     async fn dead_letter(
         &self,
         event: &LogEvent,
-        origin: &Origin,
         failures: Vec<serde_json::Value>,
     ) -> Result<(), StoreError> {
         let group = self.handler.group();
@@ -227,10 +253,6 @@ impl Dispatcher {
         };
         let mut tx = self.store.begin().await?;
         tx.upsert_dead_letter(&letter).await?;
-        if matches!(origin, Origin::Log) {
-            tx.set_consumer_offset(group, event.partition, event.position, now)
-                .await?;
-        }
         tx.commit().await
     }
 
@@ -283,4 +305,21 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Splits a batch into lanes, one per partition key, each in position order; lanes are in the
+/// order of their first event.
+fn lanes(events: impl IntoIterator<Item = LogEvent>) -> Vec<Vec<LogEvent>> {
+    let mut lanes: Vec<Vec<LogEvent>> = Vec::new();
+    let mut lane_of_key: HashMap<String, usize> = HashMap::new();
+    for event in events {
+        match lane_of_key.get(&event.partition_key) {
+            Some(&lane) => lanes[lane].push(event),
+            None => {
+                lane_of_key.insert(event.partition_key.clone(), lanes.len());
+                lanes.push(vec![event]);
+            }
+        }
+    }
+    lanes
 }

@@ -281,7 +281,7 @@ impl PartitionTask {
         loop {
             match self
                 .dispatcher
-                .apply(event.clone(), Origin::Kafka, &self.stop)
+                .apply(event.clone(), Origin::Partition, &self.stop)
                 .await
             {
                 Ok(()) => return !self.stop.is_cancelled(),

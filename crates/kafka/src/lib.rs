@@ -95,4 +95,8 @@ pub enum BusError {
     CreateTopic { topic: String, reason: String },
     #[error("store: {0}")]
     Store(#[from] tally_store::StoreError),
+    /// Records Kafka acknowledged without an offset (a duplicate by the broker's reckoning),
+    /// which is not proof that it stored them: the batch is published again.
+    #[error("kafka acknowledged {0} records without an offset; publishing the batch again")]
+    Unconfirmed(u64),
 }

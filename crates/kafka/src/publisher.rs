@@ -269,12 +269,22 @@ impl Publisher {
                 }
             }
         }
+        let mut unconfirmed = 0_u64;
         for delivery in deliveries {
             match delivery.await {
+                // An acknowledgement without an offset is librdkafka passing on a broker's
+                // DuplicateSequenceNumber as success: the broker says it has the record, but
+                // tansu 0.6 answers so also for records whose sequence it advanced without
+                // storing them. Unconfirmed: the batch is sent again as new records.
+                Ok(Ok(delivered)) if delivered.offset < 0 => unconfirmed += 1,
                 Ok(Ok(_)) => {}
                 Ok(Err((error, _))) => return Err(error.into()),
                 Err(_) => return Err(KafkaError::Canceled.into()),
             }
+        }
+        if unconfirmed > 0 {
+            metrics::counter!("tally_relay_unconfirmed_deliveries_total").increment(unconfirmed);
+            return Err(BusError::Unconfirmed(unconfirmed));
         }
         Ok(())
     }

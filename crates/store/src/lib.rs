@@ -55,6 +55,11 @@ pub enum StoreError {
     /// migration is missing. Never retried.
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The database transaction this one was committed with failed to commit (on SQLite,
+    /// several commands' transactions commit as one): nothing of it was stored, and a retry may
+    /// succeed.
+    #[error("the commit failed: {0}")]
+    CommitFailed(String),
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     #[error("cannot create the data directory {path}: {source}")]
@@ -77,7 +82,7 @@ impl StoreError {
             self,
             StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            )
+            ) | StoreError::CommitFailed(_)
         )
     }
 

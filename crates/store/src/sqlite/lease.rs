@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqlitePool;
 
+use super::group::Writer;
 use super::store::UPSERT_OFFSET;
 use crate::lease::Lease;
 use crate::{StoreError, to_micros};
@@ -21,14 +21,14 @@ fn lock(held: &Held) -> MutexGuard<'_, HashSet<(String, u32)>> {
 
 #[derive(Debug)]
 pub(crate) struct SqliteLease {
-    writer: SqlitePool,
+    writer: Writer,
     held: Held,
     group: String,
     partition: u32,
 }
 
 pub(crate) fn try_lease(
-    writer: &SqlitePool,
+    writer: &Writer,
     held: &Held,
     group: &str,
     partition: u32,
@@ -49,7 +49,7 @@ fn members_of(group: &str) -> String {
 }
 
 /// Joins `group` under the first free member number.
-pub(crate) fn join(writer: &SqlitePool, held: &Held, group: &str) -> SqliteLease {
+pub(crate) fn join(writer: &Writer, held: &Held, group: &str) -> SqliteLease {
     let name = members_of(group);
     let mut member = 0;
     loop {
@@ -87,12 +87,14 @@ impl Lease for SqliteLease {
     }
 
     async fn commit_offset(&mut self, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_OFFSET)
-            .bind(&self.group)
-            .bind(i64::from(self.partition))
-            .bind(position)
-            .bind(to_micros(now))
-            .execute(&self.writer)
+        self.writer
+            .execute(
+                sqlx::query(UPSERT_OFFSET)
+                    .bind(&self.group)
+                    .bind(i64::from(self.partition))
+                    .bind(position)
+                    .bind(to_micros(now)),
+            )
             .await?;
         Ok(())
     }

@@ -2,11 +2,13 @@
 //! returned survives a power cut.
 //!
 //! SQLite allows one writer at a time, so the store keeps exactly one writer connection (commands
-//! queue for it in the pool instead of spinning on `SQLITE_BUSY`) and a pool of readers that WAL
-//! lets run beside the writer. Because writes are serialized, the order in which events are
+//! queue for it instead of spinning on `SQLITE_BUSY`) and a pool of readers that WAL lets run
+//! beside the writer. Commands that queue for the writer together commit together (see
+//! [`group`]), so the disk's latency is paid once per group, not once per command. Because writes are serialized, the order in which events are
 //! inserted is their commit order: an event's position is given when it is inserted, and the
 //! log is gap-free by construction.
 
+mod group;
 mod lease;
 mod store;
 mod tx;
@@ -26,7 +28,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: group::Writer,
     reader: SqlitePool,
     partitions: u32,
     /// Partition leases held by this process.
@@ -55,6 +57,7 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
+        let writer = group::Writer::new(writer);
         let reader = SqlitePoolOptions::new()
             .max_connections(options.connections_max.max(1))
             .connect_with(connect.read_only(true))

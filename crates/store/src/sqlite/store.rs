@@ -30,17 +30,19 @@ impl Store for SqliteStore {
     }
 
     async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(tenant.id.as_uuid())
-            .bind(&tenant.name)
-            .bind(to_micros(tenant.created_at))
-            .execute(&self.writer)
+        self.writer
+            .execute(
+                sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+                    .bind(tenant.id.as_uuid())
+                    .bind(&tenant.name)
+                    .bind(to_micros(tenant.created_at)),
+            )
             .await?;
         Ok(())
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
-        sqlx::query(
+        self.writer.execute(sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_uuid())
@@ -48,7 +50,7 @@ impl Store for SqliteStore {
         .bind(&key.key_hash[..])
         .bind(&key.scopes)
         .bind(to_micros(key.created_at))
-        .execute(&self.writer)
+        )
         .await?;
         Ok(())
     }
@@ -89,14 +91,17 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM idempotency_records WHERE (tenant_id, key) IN \
+        let done = self
+            .writer
+            .execute(
+                sqlx::query(
+                    "DELETE FROM idempotency_records WHERE (tenant_id, key) IN \
              (SELECT tenant_id, key FROM idempotency_records WHERE expires_at <= ? LIMIT ?)",
-        )
-        .bind(to_micros(now))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
+                )
+                .bind(to_micros(now))
+                .bind(i64::from(limit)),
+            )
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -295,12 +300,14 @@ impl Store for SqliteStore {
         position: i64,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_OFFSET)
-            .bind(group)
-            .bind(i64::from(partition))
-            .bind(position)
-            .bind(to_micros(now))
-            .execute(&self.writer)
+        self.writer
+            .execute(
+                sqlx::query(UPSERT_OFFSET)
+                    .bind(group)
+                    .bind(i64::from(partition))
+                    .bind(position)
+                    .bind(to_micros(now)),
+            )
             .await?;
         Ok(())
     }
@@ -366,9 +373,10 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
             .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
+            .fetch_all(tx.connection()?)
             .await?;
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(0);
         }
         let unsealed = rows
@@ -393,7 +401,7 @@ impl Store for SqliteStore {
         {
             let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
                 .bind(tenant.as_uuid())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(tx.connection()?)
                 .await?;
             if let Some(head) = head {
                 let hash: Vec<u8> = head.try_get("hash")?;
@@ -418,7 +426,7 @@ impl Store for SqliteStore {
             .bind(&record.prev_hash[..])
             .bind(&record.hash[..])
             .bind(seq)
-            .execute(&mut *tx)
+            .execute(tx.connection()?)
             .await?;
         }
         for (tenant, head) in &heads {
@@ -428,7 +436,7 @@ impl Store for SqliteStore {
             .bind(tenant.as_uuid())
             .bind(head.sequence)
             .bind(&head.hash[..])
-            .execute(&mut *tx)
+            .execute(tx.connection()?)
             .await?;
         }
         tx.commit().await?;
@@ -735,7 +743,7 @@ impl Store for SqliteStore {
         to: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = self.writer.execute(sqlx::query(
             "UPDATE dead_letters SET status = ?, updated_at = ? WHERE tenant_id = ? AND id = ? AND status = ?",
         )
         .bind(to)
@@ -743,7 +751,7 @@ impl Store for SqliteStore {
         .bind(tenant.as_uuid())
         .bind(id)
         .bind(from)
-        .execute(&self.writer)
+        )
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -2,8 +2,10 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+
+use super::group::Member;
 use tally_domain::catalog::{Product, Sku};
 use tally_domain::ids::TenantId;
 use tally_domain::inventory::StockLevel;
@@ -20,12 +22,13 @@ use crate::records::{
 use crate::tx::CatalogPrices;
 use crate::{StoreError, Tx, corrupt, from_micros, to_micros};
 
+/// A command's transaction: a member of the writer's group commit.
 pub(super) struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: Member,
 }
 
 impl SqliteTx {
-    pub(super) fn new(tx: Transaction<'static, Sqlite>) -> Self {
+    pub(super) fn new(tx: Member) -> Self {
         Self { tx }
     }
 }
@@ -69,7 +72,7 @@ impl Tx for SqliteTx {
         let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD)
             .bind(tenant.as_uuid())
             .bind(key)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.tx.connection()?)
             .await?;
         row.as_ref().map(idempotency_record).transpose()
     }
@@ -82,7 +85,7 @@ impl Tx for SqliteTx {
         sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
             .bind(tenant.as_uuid())
             .bind(key)
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         Ok(())
     }
@@ -104,7 +107,7 @@ impl Tx for SqliteTx {
         .bind(&record.response.body)
         .bind(to_micros(record.created_at))
         .bind(to_micros(record.expires_at))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -119,7 +122,7 @@ impl Tx for SqliteTx {
         )
         .bind(tenant.as_uuid())
         .bind(json_list(skus))
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.tx.connection()?)
         .await?;
         rows.iter()
             .map(|sku| Sku::parse(sku).map_err(|e| corrupt("sku", e)))
@@ -136,7 +139,7 @@ impl Tx for SqliteTx {
             .bind(product.id.as_uuid())
             .bind(product.name.as_str())
             .bind(to_micros(product.created_at))
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         for (position, variant) in product.variants.iter().enumerate() {
             sqlx::query(
@@ -147,7 +150,7 @@ impl Tx for SqliteTx {
             .bind(product.id.as_uuid())
             .bind(crate::codec::prices_json(&variant.prices).to_string())
             .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         }
         Ok(())
@@ -163,7 +166,7 @@ impl Tx for SqliteTx {
         )
         .bind(tenant.as_uuid())
         .bind(json_list(skus))
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.tx.connection()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -194,7 +197,7 @@ impl Tx for SqliteTx {
         .bind(to_micros(now))
         .bind(tenant.as_uuid())
         .bind(sku.as_str())
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         let row = sqlx::query(
             "SELECT on_hand, reserved FROM stock_levels WHERE tenant_id = ? AND sku = ? AND location = ?",
@@ -202,7 +205,7 @@ impl Tx for SqliteTx {
         .bind(tenant.as_uuid())
         .bind(sku.as_str())
         .bind(location.as_str())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.connection()?)
         .await?;
         row.map(|row| {
             Ok(StockLevel {
@@ -233,7 +236,7 @@ impl Tx for SqliteTx {
         .bind(address)
         .bind(to_micros(order.created_at))
         .bind(to_micros(order.created_at))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -256,7 +259,7 @@ impl Tx for SqliteTx {
             .bind(event.correlation_id.as_deref())
             .bind(event.causation_id.as_deref())
             .bind(event.traceparent.as_deref())
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         }
         Ok(())
@@ -274,7 +277,7 @@ impl Tx for SqliteTx {
         .bind(group)
         .bind(event.as_uuid())
         .bind(to_micros(now))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -291,7 +294,7 @@ impl Tx for SqliteTx {
             .bind(i64::from(partition))
             .bind(position)
             .bind(to_micros(now))
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         Ok(())
     }
@@ -316,7 +319,7 @@ impl Tx for SqliteTx {
         .bind(&letter.status)
         .bind(to_micros(letter.created_at))
         .bind(to_micros(letter.updated_at))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -333,7 +336,7 @@ impl Tx for SqliteTx {
         .bind(source)
         .bind(delivery_id)
         .bind(to_micros(now))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -349,7 +352,7 @@ impl Tx for SqliteTx {
         ))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.tx.connection()?)
         .await?;
         row.as_ref().map(super::store::order_state).transpose()
     }
@@ -371,7 +374,7 @@ impl Tx for SqliteTx {
         .bind(to_micros(now))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -388,7 +391,7 @@ impl Tx for SqliteTx {
         )
         .bind(tenant.as_uuid())
         .bind(list)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.tx.connection()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -419,7 +422,7 @@ impl Tx for SqliteTx {
         .bind(tenant.as_uuid())
         .bind(&movement.sku)
         .bind(&movement.location)
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         sqlx::query(
             "INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -431,7 +434,7 @@ impl Tx for SqliteTx {
         .bind(movement.quantity)
         .bind(movement.order_id.map(|id| id.as_uuid()))
         .bind(to_micros(movement.at))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -451,7 +454,7 @@ impl Tx for SqliteTx {
             .bind(&posting.account)
             .bind(&posting.currency)
             .bind(posting.amount_minor)
-            .execute(&mut *self.tx)
+            .execute(self.tx.connection()?)
             .await?;
         }
         sqlx::query(
@@ -464,7 +467,7 @@ impl Tx for SqliteTx {
         .bind(entry.body.to_string())
         .bind(entry.order_id.map(|id| id.as_uuid()))
         .bind(to_micros(entry.created_at))
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
@@ -479,7 +482,7 @@ impl Tx for SqliteTx {
         .bind(record.body.to_string())
         .bind(&record.entity_type)
         .bind(&record.entity_id)
-        .execute(&mut *self.tx)
+        .execute(self.tx.connection()?)
         .await?;
         Ok(())
     }
