@@ -205,6 +205,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Outbox rows not yet in the log: the relay's lag.
     async fn outbox_pending(&self) -> Result<i64, StoreError>;
     /// Events in the log past `group`'s offsets, over every partition: how far the group lags.
+    /// Counted up to [`log::BACKLOG_COUNT_MAX`] per partition, so that a gauge read every second
+    /// costs little however far behind the group is.
     async fn log_backlog(&self, group: &str) -> Result<i64, StoreError>;
     /// Joins the processes sharing `group`'s leases, for as long as the returned membership is
     /// held (it ends with the process, like a lease).

@@ -352,15 +352,20 @@ impl Store for PgStore {
     }
 
     async fn log_backlog(&self, group: &str) -> Result<i64, StoreError> {
-        let backlog: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum((SELECT count(*) FROM events e \
-                 WHERE e.partition = p.partition AND e.position > coalesce(o.position, 0))), 0)::bigint \
-             FROM generate_series(0, (SELECT partitions - 1 FROM log_head WHERE id = 1)) AS p(partition) \
-             LEFT JOIN consumer_offsets o ON o.group_name = $1 AND o.partition = p.partition",
-        )
-        .bind(group)
-        .fetch_one(&self.pool)
-        .await?;
+        let mut backlog = 0;
+        for partition in 0..self.partitions {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE partition = $1 AND position > \
+                 coalesce((SELECT position FROM consumer_offsets WHERE group_name = $2 AND partition = $1), 0) \
+                 LIMIT $3) capped",
+            )
+            .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
+            .bind(group)
+            .bind(crate::log::BACKLOG_COUNT_MAX)
+            .fetch_one(&self.pool)
+            .await?;
+            backlog += count;
+        }
         Ok(backlog)
     }
 

@@ -334,11 +334,13 @@ impl Store for SqliteStore {
         let mut backlog = 0;
         for partition in 0..self.partitions {
             let count: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE partition = ?1 AND position > \
-                 coalesce((SELECT position FROM consumer_offsets WHERE group_name = ?2 AND partition = ?1), 0)",
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE partition = ?1 AND position > \
+                 coalesce((SELECT position FROM consumer_offsets WHERE group_name = ?2 AND partition = ?1), 0) \
+                 LIMIT ?3)",
             )
             .bind(i64::from(partition))
             .bind(group)
+            .bind(crate::log::BACKLOG_COUNT_MAX)
             .fetch_one(&self.reader)
             .await?;
             backlog += count;
