@@ -141,16 +141,7 @@ impl Dispatcher {
             return Ok(0);
         };
         let count = events.len();
-        let lanes = lanes(
-            events
-                .into_iter()
-                .filter(|e| self.handler.wants(&e.event_type)),
-        );
-        futures::stream::iter(lanes)
-            .map(|lane| self.apply_lane(lane, shutdown))
-            .buffer_unordered(LANES_IN_FLIGHT_MAX)
-            .try_collect::<()>()
-            .await?;
+        self.apply_all(events, shutdown).await?;
         if shutdown.is_cancelled() {
             return Ok(count);
         }
@@ -158,6 +149,25 @@ impl Dispatcher {
             .commit_consumer_offset(group, partition, last, self.clock.now())
             .await?;
         Ok(count)
+    }
+
+    /// Applies a batch of one partition: the events the group wants, split into lanes by
+    /// partition key, each lane in order, different lanes concurrently; events the inbox holds
+    /// already are skipped. `Ok` once every lane finished (or `shutdown` stopped them): only
+    /// then may the partition's offset move past the batch, and not after `shutdown`.
+    pub async fn apply_all(
+        &self,
+        events: Vec<LogEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let wanted = events
+            .into_iter()
+            .filter(|e| self.handler.wants(&e.event_type));
+        futures::stream::iter(lanes(wanted))
+            .map(|lane| self.apply_lane(lane, shutdown))
+            .buffer_unordered(LANES_IN_FLIGHT_MAX)
+            .try_collect::<()>()
+            .await
     }
 
     /// Applies one key's events of a batch in order, skipping those its inbox holds already.

@@ -1,11 +1,12 @@
 //! The workers' side: one Kafka consumer group per Tally consumer group, applying each event
 //! through the same [`Dispatcher`] as the embedded log.
 //!
-//! Records are handed to one task per assigned Kafka partition, so one key's events are applied
-//! in order and a slow partition holds up only itself (until its queue of
-//! [`PARTITION_QUEUE_COUNT_MAX`] records fills). After an event's effect transaction commits (or
-//! it becomes a dead letter), its offset is *stored*; librdkafka commits stored offsets every
-//! [`AUTO_COMMIT_INTERVAL_MS`] and on every rebalance. A worker that dies loses at most the
+//! Records are handed to one task per assigned Kafka partition, so a slow partition holds up
+//! only itself (until its queue of [`PARTITION_QUEUE_COUNT_MAX`] records fills). The task takes
+//! what has queued as one batch and applies it like the embedded log's batches: one key's
+//! events in order, different keys concurrently. After every effect of the batch committed (or
+//! became a dead letter), the batch's last offset is *stored*; librdkafka commits stored offsets
+//! every [`AUTO_COMMIT_INTERVAL_MS`] and on every rebalance. A worker that dies loses at most the
 //! stored-but-uncommitted offsets: those events come again, and the inbox skips them.
 //!
 //! When a rebalance takes partitions away, their tasks stop before their next record; a record
@@ -20,8 +21,8 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientContext, Statistics};
-use tally_dispatch::{Dispatcher, Origin};
-use tally_store::Store;
+use tally_dispatch::Dispatcher;
+use tally_store::{LogEvent, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,8 @@ use crate::{BusError, KafkaConfig, cloudevents, topics};
 
 /// Records queued per partition task; bounds memory when one partition is slow.
 pub const PARTITION_QUEUE_COUNT_MAX: usize = 1_000;
+/// Records a partition task applies as one batch at most: what a crash re-delivers.
+pub const PARTITION_BATCH_COUNT_MAX: usize = 200;
 /// How often librdkafka commits the offsets stored after effects.
 pub const AUTO_COMMIT_INTERVAL_MS: &str = "200";
 /// How long the group coordinator waits for a silent worker before giving its partitions to
@@ -227,16 +230,26 @@ struct PartitionTask {
 
 impl PartitionTask {
     async fn run(self, mut records: mpsc::Receiver<OwnedMessage>) {
-        while let Some(message) = tokio::select! {
+        while let Some(first) = tokio::select! {
             () = self.stop.cancelled() => None,
             message = records.recv() => message,
         } {
-            if !self.apply(&message).await {
+            // Whatever else has arrived joins the batch: its keys are applied concurrently.
+            let mut batch = vec![first];
+            while batch.len() < PARTITION_BATCH_COUNT_MAX {
+                match records.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<LogEvent> = batch.iter().filter_map(|m| self.decode(m)).collect();
+            if !self.apply(events).await {
                 return;
             }
+            let Some(last) = batch.last() else { continue };
             if let Err(error) =
                 self.consumer
-                    .store_offset(message.topic(), message.partition(), message.offset())
+                    .store_offset(last.topic(), last.partition(), last.offset())
             {
                 // The partition was revoked meanwhile; its new owner starts from the last
                 // committed offset and skips what this task applied.
@@ -246,8 +259,8 @@ impl PartitionTask {
         }
     }
 
-    /// Applies one record; `false` when the task must stop without storing its offset.
-    async fn apply(&self, message: &OwnedMessage) -> bool {
+    /// The event a record carries; `None` for a record that is not one of Tally's events.
+    fn decode(&self, message: &OwnedMessage) -> Option<LogEvent> {
         let group = self.dispatcher.group();
         let headers: Vec<(String, Vec<u8>)> = message
             .headers()
@@ -258,35 +271,32 @@ impl PartitionTask {
                     .collect()
             })
             .unwrap_or_default();
-        let event = match cloudevents::decode(
+        match cloudevents::decode(
             message.key(),
             message.payload(),
             &headers,
             self.log_partitions,
         ) {
-            Ok(event) => event,
+            Ok(event) => Some(event),
             Err(malformed) => {
                 // Not one of Tally's events (another producer wrote to the topic): nothing to
                 // apply and nothing to dead-letter, since it names no event of the store.
                 tracing::error!(group, topic = message.topic(), partition = message.partition(), offset = message.offset(), %malformed, "record skipped");
                 metrics::counter!("tally_kafka_malformed_records_total", "group" => group)
                     .increment(1);
-                return true;
+                None
             }
-        };
-        if !self.dispatcher.wants(&event.event_type) {
-            return true;
         }
-        tracing::debug!(group, topic = message.topic(), partition = message.partition(), offset = message.offset(), event_id = %event.id, event_type = %event.event_type, "applying");
+    }
+
+    /// Applies a batch's events; `false` when the task must stop without storing its offset.
+    async fn apply(&self, events: Vec<LogEvent>) -> bool {
+        let group = self.dispatcher.group();
         loop {
-            match self
-                .dispatcher
-                .apply(event.clone(), Origin::Partition, &self.stop)
-                .await
-            {
+            match self.dispatcher.apply_all(events.clone(), &self.stop).await {
                 Ok(()) => return !self.stop.is_cancelled(),
                 Err(error) => {
-                    tracing::warn!(group, event_id = %event.id, %error, "store failed; applying the event again");
+                    tracing::warn!(group, %error, "store failed; applying the batch again");
                     tokio::select! {
                         () = self.stop.cancelled() => return false,
                         () = tokio::time::sleep(STORE_ERROR_BACKOFF) => {}
