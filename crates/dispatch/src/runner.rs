@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tally_domain::clock::Clock;
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,8 @@ pub const BATCH_COUNT_MAX: u32 = 200;
 /// store commit many of them together (group commit on SQLite, concurrent WAL flushes on
 /// PostgreSQL); more than this only queues on the store's connections.
 pub const LANES_IN_FLIGHT_MAX: usize = 32;
+/// Lanes applied at once by one group over all its partitions (see [`Dispatcher`]'s `lanes`).
+pub const GROUP_LANES_IN_FLIGHT_MAX: usize = 64;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How often the group looks for dead letters an operator asked to retry.
@@ -38,6 +40,10 @@ pub struct Dispatcher {
     /// Notified when events enter the log: wakes idle partitions, and is notified in turn after
     /// every effect that commits (on SQLite its events are in the log at once).
     logged: Arc<Notify>,
+    /// Lanes of this group under way at once, over all its partitions: bounds what the group
+    /// asks of the store's connection pool and of partners, so that under a backlog effects
+    /// queue here rather than time out waiting for a connection and burn their attempts.
+    lanes: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -52,6 +58,7 @@ impl Dispatcher {
             clock,
             handler,
             logged,
+            lanes: Arc::new(Semaphore::new(GROUP_LANES_IN_FLIGHT_MAX)),
         }
     }
 
@@ -177,6 +184,8 @@ impl Dispatcher {
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         let group = self.handler.group();
+        // Never closed, so acquiring fails only if that changes; then run unbounded.
+        let _permit = self.lanes.acquire().await.ok();
         for event in lane {
             if shutdown.is_cancelled() {
                 break;

@@ -10,7 +10,7 @@
 //! consumers find those events in their inboxes and skip them, and the republication is counted.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -48,7 +48,30 @@ pub struct Publisher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: KafkaConfig,
+    /// Shared by the partitions' tasks; replaced when the broker fences it (see
+    /// [`Publisher::renew_producer`]).
+    producer: Arc<RwLock<Generation>>,
+}
+
+/// A producer and the number of producers before it.
+struct Generation {
+    number: u64,
     producer: FutureProducer,
+}
+
+/// The relay's idempotent producer.
+fn create_producer(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
+    Ok(config
+        .client()
+        // Set explicitly, never by default: no duplicates or reordering from the producer's
+        // own retries, and a record counts as published only once every in-sync replica has it.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+        .set("linger.ms", LINGER_MS)
+        .set("batch.num.messages", config.batch_records_max.to_string())
+        .create()?)
 }
 
 impl std::fmt::Debug for Publisher {
@@ -65,23 +88,49 @@ impl Publisher {
         clock: Arc<dyn Clock>,
         config: KafkaConfig,
     ) -> Result<Self, BusError> {
-        let producer = config
-            .client()
-            // Set explicitly, never by default: no duplicates or reordering from the producer's
-            // own retries, and a record counts as published only once every in-sync replica has it.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
-            .set("linger.ms", LINGER_MS)
-            .set("batch.num.messages", config.batch_records_max.to_string())
-            .create()?;
+        let producer = Arc::new(RwLock::new(Generation {
+            number: 0,
+            producer: create_producer(&config)?,
+        }));
         Ok(Self {
             store,
             clock,
             config,
             producer,
         })
+    }
+
+    /// The producer now in use, and its generation.
+    fn producer(&self) -> (u64, FutureProducer) {
+        let current = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+        (current.number, current.producer.clone())
+    }
+
+    /// Replaces a producer that can never send again (fenced by the broker, or failed fatally)
+    /// with a new one, which gets a new producer id; `generation` is the one that failed, so
+    /// that partitions failing together replace it once.
+    fn renew_producer(&self, generation: u64) {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.number != generation {
+            return;
+        }
+        match create_producer(&self.config) {
+            Ok(producer) => {
+                tracing::warn!(
+                    generation,
+                    "the Kafka producer was fenced or failed fatally; a new one takes over"
+                );
+                metrics::counter!("tally_relay_producers_renewed_total").increment(1);
+                *current = Generation {
+                    number: generation + 1,
+                    producer,
+                };
+            }
+            Err(error) => tracing::warn!(%error, "cannot create a new Kafka producer; retrying"),
+        }
     }
 
     /// Publishes until `shutdown`. Every relay joins the publishers' group and holds a fair
@@ -150,7 +199,7 @@ impl Publisher {
             tracing::debug!(%error, "membership not released; it ends with the session");
         }
         // Records handed to librdkafka are acknowledged already; this only drains what is left.
-        if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
+        if let Err(error) = self.producer().1.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "the Kafka producer did not flush");
         }
     }
@@ -236,8 +285,25 @@ impl Publisher {
         Ok(events.len())
     }
 
-    /// Sends every event and waits until Kafka acknowledged each one.
+    /// Sends every event and waits until Kafka acknowledged each one. A producer that can
+    /// never send again is replaced before the error is returned, so the retry uses a new one.
     async fn send_all(&self, events: &[LogEvent]) -> Result<(), BusError> {
+        let (generation, producer) = self.producer();
+        let sent = self.send_with(&producer, events).await;
+        if let Err(BusError::Kafka(error)) = &sent
+            && (producer.client().fatal_error().is_some()
+                || error.rdkafka_error_code() == Some(RDKafkaErrorCode::ProducerFenced))
+        {
+            self.renew_producer(generation);
+        }
+        sent
+    }
+
+    async fn send_with(
+        &self,
+        producer: &FutureProducer,
+        events: &[LogEvent],
+    ) -> Result<(), BusError> {
         let mut deliveries = Vec::with_capacity(events.len());
         for event in events {
             let record = cloudevents::encode(event);
@@ -256,7 +322,7 @@ impl Publisher {
                 .headers(headers)
                 .timestamp(event.time.timestamp_millis());
             loop {
-                match self.producer.send_result(future_record) {
+                match producer.send_result(future_record) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;

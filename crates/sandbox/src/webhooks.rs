@@ -4,7 +4,9 @@
 //! Each event is a signed JSON POST ([`crate::signature`]) sent `webhook_duplicates` times with
 //! the same delivery id and body, as real carriers do when they are unsure a delivery arrived;
 //! the receiver deduplicates by the `Tally-Webhook-Id` header. Each copy is retried with
-//! doubling delays until the receiver answers 2xx, up to [`ATTEMPTS_MAX`] attempts. Each
+//! doubling delays until the receiver answers 2xx, for up to [`RETRY_WINDOW`], as real
+//! carriers do: a receiver that is down, or not ready for the update yet (it answers 409 until
+//! it has recorded the shipment), still gets it. Each
 //! attempt is signed afresh, so a late retry still falls inside the receiver's time window. The
 //! events of one shipment are delivered in order: `shipment.delivered` waits for every copy of
 //! `shipment.shipped`. Webhooks are not effects: the sandbox records what it was asked to do,
@@ -24,13 +26,18 @@ pub const TIMESTAMP_HEADER: &str = "Tally-Webhook-Timestamp";
 pub const SIGNATURE_HEADER: &str = "Tally-Webhook-Signature";
 pub const SHIPPED: &str = "shipment.shipped";
 pub const DELIVERED: &str = "shipment.delivered";
-/// Attempts per copy of a webhook. With the delays below, a receiver that is down for about
-/// half a minute still gets it; longer than that is a test that forgot to start its receiver.
-pub const ATTEMPTS_MAX: u32 = 20;
+/// How long a copy of a webhook is retried before the carrier gives up on it. Carriers retry
+/// for minutes to hours; a receiver can be down for a deploy, or a saga held up behind a
+/// backlog or a crash can record the shipment long after the carrier created it (its updates
+/// are answered 409 until then). Thirty seconds, the first setting here, lost updates in a
+/// chaos run whose workers were killed every few seconds.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Attempts per copy at most, whatever the window: a bound on the loop.
+pub const ATTEMPTS_MAX: u32 = 1_000;
 /// The delay before the first retry; it doubles on each retry up to [`RETRY_DELAY_MAX`].
 pub const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
-/// The longest delay between retries: short enough that a test waiting for a webhook after its
-/// receiver comes back waits at most this long.
+/// The longest delay between retries: short enough that a receiver that comes back gets the
+/// update within this long.
 pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How long one attempt may take before it counts as failed: a receiver only verifies,
 /// deduplicates and stores.
@@ -141,10 +148,11 @@ async fn send_event(shared: &Shared, event: &WebhookEvent) -> bool {
     true
 }
 
-/// Sends one copy until the receiver answers 2xx or attempts run out; false at shutdown.
+/// Sends one copy until the receiver answers 2xx or the retry window ends; false at shutdown.
 async fn send_copy(shared: &Shared, url: &str, delivery_id: &str, body: &[u8]) -> bool {
     let settings = &shared.webhooks;
     let mut delay = RETRY_DELAY_MIN;
+    let give_up_at = tokio::time::Instant::now() + RETRY_WINDOW;
     for attempt in 1..=ATTEMPTS_MAX {
         let timestamp = Utc::now().timestamp();
         let request = settings
@@ -169,6 +177,9 @@ async fn send_copy(shared: &Shared, url: &str, delivery_id: &str, body: &[u8]) -
             }
             Err(error) => tracing::debug!(delivery_id, attempt, %error, "webhook not delivered"),
         }
+        if tokio::time::Instant::now() + delay >= give_up_at {
+            break;
+        }
         if attempt < ATTEMPTS_MAX {
             if !pause(delay, &shared.shutdown).await {
                 return false;
@@ -179,7 +190,8 @@ async fn send_copy(shared: &Shared, url: &str, delivery_id: &str, body: &[u8]) -
     tracing::warn!(
         delivery_id,
         url,
-        "gave up on a webhook after {ATTEMPTS_MAX} attempts"
+        "gave up on a webhook after retrying it for {} s",
+        RETRY_WINDOW.as_secs()
     );
     true
 }
