@@ -92,14 +92,6 @@ pub trait Tx: Send {
         event: EventId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    /// Moves a consumer group's offset in the effect's own transaction.
-    async fn set_consumer_offset(
-        &mut self,
-        group: &str,
-        partition: u32,
-        position: i64,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError>;
     /// Records a partner webhook delivery; `false` when it was applied before.
     async fn insert_webhook_delivery(

@@ -320,23 +320,6 @@ impl Tx for PgTx {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_consumer_offset(
-        &mut self,
-        group: &str,
-        partition: u32,
-        position: i64,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(super::store::UPSERT_OFFSET)
-            .bind(group)
-            .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
-            .bind(position)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \

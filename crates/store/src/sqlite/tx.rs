@@ -282,23 +282,6 @@ impl Tx for SqliteTx {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_consumer_offset(
-        &mut self,
-        group: &str,
-        partition: u32,
-        position: i64,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(super::store::UPSERT_OFFSET)
-            .bind(group)
-            .bind(i64::from(partition))
-            .bind(position)
-            .bind(to_micros(now))
-            .execute(self.tx.connection()?)
-            .await?;
-        Ok(())
-    }
-
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
