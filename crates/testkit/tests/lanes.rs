@@ -1,0 +1,170 @@
+//! A consumer group's lanes on every engine: within a batch of one partition, different
+//! partition keys are applied concurrently while each key's events are applied one at a time in log order, each
+//! exactly once, and a group started again after its offsets moved applies nothing twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tally_dispatch::{Delivery, Dispatcher, EffectError, Handler};
+use tally_domain::clock::SystemClock;
+use tally_domain::ids::EventId;
+use tally_store::LogEvent;
+use tally_testkit::{Engine, spawn_app};
+use tokio_util::sync::CancellationToken;
+
+tally_testkit::store_tests!(keys_run_concurrently_and_each_key_in_order_once);
+
+/// More keys than the log has partitions, so some partition holds several.
+const SKUS: usize = 16;
+const ADJUSTMENTS_PER_SKU: usize = 15;
+const GROUP: &str = "lanes-test";
+/// How long the group may take to apply every event before the test fails.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Records what it applies, in the order it applied it, and how many effects overlapped.
+#[derive(Debug, Default)]
+struct Recorder {
+    applied: Mutex<Vec<LogEvent>>,
+    /// Effects under way per log partition, and the most there ever were.
+    in_flight: Mutex<BTreeMap<u32, (usize, usize)>>,
+}
+
+impl Recorder {
+    fn enter(&self, partition: u32) {
+        let mut in_flight = self.in_flight.lock().expect("recorder lock");
+        let (now, most) = in_flight.entry(partition).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+    }
+
+    fn leave(&self, partition: u32) {
+        let mut in_flight = self.in_flight.lock().expect("recorder lock");
+        if let Some((now, _)) = in_flight.get_mut(&partition) {
+            *now -= 1;
+        }
+    }
+
+    /// The most effects that were ever under way at once within one partition.
+    fn overlap_within_a_partition(&self) -> usize {
+        let in_flight = self.in_flight.lock().expect("recorder lock");
+        in_flight.values().map(|(_, most)| *most).max().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    fn group(&self) -> &'static str {
+        GROUP
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "tally.inventory.adjusted.v1"
+    }
+
+    async fn handle(&self, event: &LogEvent, delivery: &Delivery) -> Result<(), EffectError> {
+        self.enter(event.partition);
+        // A partner call's worth of waiting, so that lanes have the chance to overlap.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let outcome = match delivery.begin().await {
+            Ok(Some(tx)) => {
+                self.applied
+                    .lock()
+                    .expect("recorder lock")
+                    .push(event.clone());
+                delivery.finish(tx).await
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        self.leave(event.partition);
+        outcome
+    }
+}
+
+/// Many SKUs' stock adjustments (the partition key is the SKU) are applied by a recording
+/// group: every event once, each SKU's in log order (its on-hand chain unbroken), several at
+/// once; then a second run of the group over the same store applies nothing.
+async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
+    let app = Arc::new(spawn_app(engine).await);
+    let skus: Vec<String> = (0..SKUS).map(|i| format!("LANE-{i}")).collect();
+    let variants: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 10)).collect();
+    app.create_product("Lanes", &variants).await;
+    let writers = skus.iter().cloned().map(|sku| {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            for i in 0..ADJUSTMENTS_PER_SKU {
+                let response = app.adjust(&format!("{sku}-{i}"), &sku, "east", 1).await;
+                assert_eq!(response.status(), 200, "adjustment {sku}/{i}");
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.expect("writer task");
+    }
+    let expected = SKUS * ADJUSTMENTS_PER_SKU;
+
+    let recorder = Arc::new(Recorder::default());
+    run_until(&app, Arc::clone(&recorder), expected).await;
+    let applied = recorder.applied.lock().expect("recorder lock").clone();
+    assert_eq!(applied.len(), expected, "every adjustment applied");
+    let ids: HashSet<EventId> = applied.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), expected, "no event applied twice");
+    assert_each_key_in_order(&applied);
+    let overlapped = recorder.overlap_within_a_partition();
+    assert!(
+        overlapped > 1,
+        "keys of one partition ran concurrently: {overlapped} at most"
+    );
+
+    // The group again, as after a restart: its offsets and inbox say everything is done.
+    let again = Arc::new(Recorder::default());
+    run_until(&app, Arc::clone(&again), 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        again.applied.lock().expect("recorder lock").is_empty(),
+        "nothing is applied twice after a restart"
+    );
+}
+
+/// Runs the group until it applied `count` events (and a little longer for `0`).
+async fn run_until(app: &tally_testkit::TestApp, recorder: Arc<Recorder>, count: usize) {
+    let dispatcher = Dispatcher::new(
+        Arc::clone(app.store()),
+        Arc::new(SystemClock),
+        Arc::clone(&recorder) as Arc<dyn Handler>,
+        app.logged(),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(dispatcher.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+    while recorder.applied.lock().expect("recorder lock").len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group did not apply {count} events in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the partition loops pass their last batch, so the offsets move.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    running.await.expect("dispatcher task");
+}
+
+/// Per SKU, each adjustment starts where the one applied before it ended.
+fn assert_each_key_in_order(applied: &[LogEvent]) {
+    let mut on_hand: BTreeMap<String, i64> = BTreeMap::new();
+    for event in applied {
+        let sku = event.data["sku"].as_str().expect("sku").to_owned();
+        assert_eq!(
+            event.partition_key, sku,
+            "inventory events are keyed by SKU"
+        );
+        let before = event.data["on_hand_before"].as_i64().expect("before");
+        let after = event.data["on_hand_after"].as_i64().expect("after");
+        let current = on_hand.entry(sku.clone()).or_insert(0);
+        assert_eq!(*current, before, "{sku}: applied out of order");
+        *current = after;
+    }
+}
