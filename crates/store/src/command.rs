@@ -195,14 +195,20 @@ impl Commands {
                 tx.rollback().await?;
                 Ok(executed)
             }
-            Err(error) => {
-                if let Err(rollback) = tx.rollback().await {
+            Err(error) => match tx.rollback().await {
+                // The refusal was decided on writes of commands committed together with this
+                // one (SQLite's group commit), which did not commit: it does not stand.
+                Err(StoreError::CommitFailed(failed)) => {
+                    Err(CommandError::Store(StoreError::CommitFailed(failed)))
+                }
+                Err(rollback) => {
                     // The connection is discarded either way; the command's own error is the
                     // one the caller must see.
                     tracing::warn!(error = %rollback, "rolling back a refused command failed");
+                    Err(error)
                 }
-                Err(error)
-            }
+                Ok(()) => Err(error),
+            },
         }
     }
 

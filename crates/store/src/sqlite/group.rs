@@ -137,8 +137,45 @@ impl Member {
         };
         open.members += 1;
         let outcome = Arc::clone(&open.outcome);
-        if open.members < GROUP_COUNT_MAX {
-            // Let the commands queued meanwhile join; they are ahead of us now.
+        let full = open.members >= GROUP_COUNT_MAX;
+        self.await_group(guard, outcome, full).await
+    }
+
+    /// Undoes this member's savepoint; the group goes on without it. What the member read may
+    /// include the uncommitted writes of the members before it (an idempotency record to
+    /// replay, a webhook delivery already recorded, stock another command moved), so when there
+    /// are any, the rollback returns only once they committed, and fails if they did not: an
+    /// answer derived from them must not reach a client before they are durable.
+    pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
+        let Some(mut guard) = self.guard.take() else {
+            return Ok(());
+        };
+        if let Some(open) = guard.open.as_mut() {
+            open.abandoned = true;
+        }
+        undo_abandoned(&mut guard).await;
+        match guard.open.as_ref() {
+            Some(open) if open.members > 0 => {
+                let outcome = Arc::clone(&open.outcome);
+                self.await_group(guard, outcome, false).await
+            }
+            _ => {
+                settle(&mut guard).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the open group ends and returns its outcome: lets the commands queued
+    /// meanwhile join (unless the group is `full`), then commits the group if nobody else has.
+    async fn await_group(
+        &self,
+        mut guard: OwnedMutexGuard<Group>,
+        outcome: Arc<OnceLock<Result<(), String>>>,
+        full: bool,
+    ) -> Result<(), StoreError> {
+        if !full {
+            // The commands queued meanwhile are ahead of us now, and join the group.
             drop(guard);
             guard = Arc::clone(&self.group).lock_owned().await;
         }
@@ -155,18 +192,6 @@ impl Member {
                 "a group ended without an outcome".into(),
             )),
         }
-    }
-
-    /// Undoes this member's savepoint; the group goes on without it.
-    pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
-        let Some(mut guard) = self.guard.take() else {
-            return Ok(());
-        };
-        if let Some(open) = guard.open.as_mut() {
-            open.abandoned = true;
-        }
-        settle(&mut guard).await;
-        Ok(())
     }
 }
 
@@ -240,5 +265,104 @@ async fn fail_group(guard: &mut OwnedMutexGuard<Group>, error: &str) {
     let _ = open.outcome.set(Err(error.to_owned()));
     if let Err(error) = open.tx.rollback().await {
         tracing::warn!(%error, "a broken SQLite transaction did not roll back");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    use super::*;
+
+    /// A writer over a fresh file with a parent and a child table, foreign keys enforced.
+    async fn writer(dir: &tempfile::TempDir) -> Writer {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("group.db"))
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("open");
+        sqlx::query(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent (id))",
+        )
+        .execute(&pool)
+        .await
+        .expect("schema");
+        Writer::new(pool)
+    }
+
+    /// A member that rolls back after reading the uncommitted write of a member before it in
+    /// its group fails when the group's commit fails, as that member's commit does: an answer
+    /// derived from writes that never became durable must not reach a client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_fails_the_members_that_read_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        let mut first = writer.begin().await.expect("begin");
+        // A foreign key checked only at commit: the group's COMMIT fails.
+        sqlx::query(
+            "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
+        )
+        .execute(first.connection().expect("connection"))
+        .await
+        .expect("insert");
+        let second = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                let mut second = writer.begin().await.expect("begin");
+                let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM child")
+                    .fetch_one(second.connection().expect("connection"))
+                    .await
+                    .expect("read");
+                assert_eq!(seen, 1, "the member before it in the group is visible");
+                second.rollback().await
+            }
+        });
+        // Let the second member queue for the writer, so that it joins this group.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let committed = first.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::CommitFailed(_))),
+            "the group's commit fails: {committed:?}"
+        );
+        let rolled_back = second.await.expect("task");
+        assert!(
+            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
+            "the member that read it fails too: {rolled_back:?}"
+        );
+        // Nothing of the group is stored, and the writer works again.
+        let mut third = writer.begin().await.expect("begin");
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM child")
+            .fetch_one(third.connection().expect("connection"))
+            .await
+            .expect("read");
+        assert_eq!(left, 0);
+        third.commit().await.expect("commit");
+    }
+
+    /// A member that rolls back alone (no member before it in the group) returns at once and
+    /// leaves the writer free.
+    #[tokio::test]
+    async fn a_lone_rollback_ends_the_sqlite_transaction() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir).await;
+        let mut member = writer.begin().await.expect("begin");
+        sqlx::query("INSERT INTO parent (id) VALUES (1)")
+            .execute(member.connection().expect("connection"))
+            .await
+            .expect("insert");
+        member.rollback().await.expect("rollback");
+        assert!(writer.group.lock().await.open.is_none());
+        let done = writer
+            .execute(sqlx::query("INSERT INTO parent (id) VALUES (1)"))
+            .await
+            .expect("insert again");
+        assert_eq!(done.rows_affected(), 1);
     }
 }
