@@ -200,9 +200,12 @@ impl From<CommandError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match &error {
-            StoreError::Database(_) if error.is_unavailable() => ApiError::Unavailable(error),
+            StoreError::Database(_) | StoreError::Sqlite(_) if error.is_unavailable() => {
+                ApiError::Unavailable(error)
+            }
             StoreError::CommitFailed(_) => ApiError::Unavailable(error),
             StoreError::Database(_)
+            | StoreError::Sqlite(_)
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::UnsupportedUrl(_)

@@ -16,10 +16,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool, SqliteQueryResult};
-use sqlx::{Sqlite, Transaction};
+use rusqlite::Connection;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::sql::Query;
 use crate::StoreError;
 
 /// Members committed by one SQLite transaction at most. Bounds how long the first member of a
@@ -32,67 +33,69 @@ const SAVEPOINT: &str = "tally_member";
 /// The store's single writer connection, shared by group commit.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
-    pool: SqlitePool,
     group: Arc<Mutex<Group>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
+    connection: Connection,
     open: Option<Open>,
 }
 
 /// The writer's open SQLite transaction.
 #[derive(Debug)]
 struct Open {
-    tx: Transaction<'static, Sqlite>,
-    /// Members released into `tx`, waiting for it to commit.
+    /// Members released into the transaction, waiting for it to commit.
     members: u32,
     /// A member was dropped without ending: its savepoint must be rolled back before anything
-    /// else runs on `tx`.
+    /// else runs in the transaction.
     abandoned: bool,
-    /// What the group's commit came to, set once by whoever ends `tx`.
+    /// What the group's commit came to, set once by whoever ends the transaction.
     outcome: Arc<OnceLock<Result<(), String>>>,
 }
 
 impl Writer {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
+    pub(crate) fn new(connection: Connection) -> Self {
         Self {
-            pool,
-            group: Arc::new(Mutex::new(Group::default())),
+            group: Arc::new(Mutex::new(Group {
+                connection,
+                open: None,
+            })),
         }
     }
 
     /// Begins a member: waits for the writer, opening a SQLite transaction if none is open.
     pub(crate) async fn begin(&self) -> Result<Member, StoreError> {
         let mut guard = Arc::clone(&self.group).lock_owned().await;
-        settle(&mut guard).await;
+        settle(&mut guard);
         if guard.open.is_none() {
+            guard.connection.execute_batch("BEGIN")?;
             guard.open = Some(Open {
-                tx: self.pool.begin().await?,
                 members: 0,
                 abandoned: false,
                 outcome: Arc::new(OnceLock::new()),
             });
         }
-        let mut member = Member {
+        if let Err(error) = guard
+            .connection
+            .execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))
+        {
+            // Nothing of this member exists yet; the group goes on without it.
+            settle(&mut guard);
+            return Err(error.into());
+        }
+        Ok(Member {
             group: Arc::clone(&self.group),
             guard: Some(guard),
-        };
-        sqlx::query(&format!("SAVEPOINT {SAVEPOINT}"))
-            .execute(member.connection()?)
-            .await?;
-        Ok(member)
+        })
     }
 
-    /// Runs one statement as a member of its own.
-    pub(crate) async fn execute<'q>(
-        &self,
-        query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
-    ) -> Result<SqliteQueryResult, StoreError> {
-        let mut member = self.begin().await?;
-        let done = query.execute(member.connection()?).await?;
+    /// Runs one statement as a member of its own; the number of rows it changed.
+    pub(crate) async fn execute(&self, query: Query<'_>) -> Result<u64, StoreError> {
+        let member = self.begin().await?;
+        let changed = query.execute(member.connection()?)?;
         member.commit().await?;
-        Ok(done)
+        Ok(changed)
     }
 }
 
@@ -107,11 +110,11 @@ pub(crate) struct Member {
 
 impl Member {
     /// The writer connection, inside this member's savepoint.
-    pub(crate) fn connection(&mut self) -> Result<&mut SqliteConnection, StoreError> {
+    pub(crate) fn connection(&self) -> Result<&Connection, StoreError> {
         self.guard
-            .as_mut()
-            .and_then(|guard| guard.open.as_mut())
-            .map(|open| &mut *open.tx)
+            .as_ref()
+            .filter(|guard| guard.open.is_some())
+            .map(|guard| &guard.connection)
             .ok_or_else(|| StoreError::Corrupt("a transaction was used after it ended".into()))
     }
 
@@ -120,16 +123,15 @@ impl Member {
         let Some(mut guard) = self.guard.take() else {
             return Err(StoreError::Corrupt("a transaction ended twice".into()));
         };
-        let released = match guard.open.as_mut() {
-            Some(open) => sqlx::query(&format!("RELEASE {SAVEPOINT}"))
-                .execute(&mut *open.tx)
-                .await
-                .map(|_| ()),
-            None => return Err(StoreError::Corrupt("a member outlived its group".into())),
-        };
-        if let Err(error) = released {
+        if guard.open.is_none() {
+            return Err(StoreError::Corrupt("a member outlived its group".into()));
+        }
+        if let Err(error) = guard
+            .connection
+            .execute_batch(&format!("RELEASE {SAVEPOINT}"))
+        {
             // Only a dead SQLite transaction refuses to release a savepoint.
-            fail_group(&mut guard, &error.to_string()).await;
+            fail_group(&mut guard, &error.to_string());
             return Err(error.into());
         }
         let Some(open) = guard.open.as_mut() else {
@@ -138,7 +140,7 @@ impl Member {
         open.members += 1;
         let outcome = Arc::clone(&open.outcome);
         let full = open.members >= GROUP_COUNT_MAX;
-        self.await_group(guard, outcome, full).await
+        await_group(Arc::clone(&self.group), guard, outcome, full).await
     }
 
     /// Undoes this member's savepoint; the group goes on without it. What the member read may
@@ -153,52 +155,52 @@ impl Member {
         if let Some(open) = guard.open.as_mut() {
             open.abandoned = true;
         }
-        undo_abandoned(&mut guard).await;
+        undo_abandoned(&mut guard);
         match guard.open.as_ref() {
             Some(open) if open.members > 0 => {
                 let outcome = Arc::clone(&open.outcome);
-                self.await_group(guard, outcome, false).await
+                await_group(Arc::clone(&self.group), guard, outcome, false).await
             }
             _ => {
-                settle(&mut guard).await;
+                settle(&mut guard);
                 Ok(())
             }
         }
     }
+}
 
-    /// Waits until the open group ends and returns its outcome: lets the commands queued
-    /// meanwhile join (unless the group is `full`), then commits the group if nobody else has.
-    async fn await_group(
-        &self,
-        mut guard: OwnedMutexGuard<Group>,
-        outcome: Arc<OnceLock<Result<(), String>>>,
-        full: bool,
-    ) -> Result<(), StoreError> {
-        if !full {
-            // The commands queued meanwhile are ahead of us now, and join the group.
-            drop(guard);
-            guard = Arc::clone(&self.group).lock_owned().await;
-        }
-        if outcome.get().is_none() {
-            // Nobody ended the group since: it is still ours, and everyone queued before us
-            // is in it.
-            commit_group(&mut guard).await;
-        }
+/// Waits until the open group ends and returns its outcome: lets the commands queued
+/// meanwhile join (unless the group is `full`), then commits the group if nobody else has.
+async fn await_group(
+    group: Arc<Mutex<Group>>,
+    mut guard: OwnedMutexGuard<Group>,
+    outcome: Arc<OnceLock<Result<(), String>>>,
+    full: bool,
+) -> Result<(), StoreError> {
+    if !full {
+        // The commands queued meanwhile are ahead of us now, and join the group.
         drop(guard);
-        match outcome.get() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(error)) => Err(StoreError::CommitFailed(error.clone())),
-            None => Err(StoreError::Corrupt(
-                "a group ended without an outcome".into(),
-            )),
-        }
+        guard = group.lock_owned().await;
+    }
+    if outcome.get().is_none() {
+        // Nobody ended the group since: it is still ours, and everyone queued before us
+        // is in it.
+        commit_group(&mut guard);
+    }
+    drop(guard);
+    match outcome.get() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => Err(StoreError::CommitFailed(error.clone())),
+        None => Err(StoreError::Corrupt(
+            "a group ended without an outcome".into(),
+        )),
     }
 }
 
 impl Drop for Member {
     /// A member dropped half-way (its task was cancelled, or an error returned early) must not
-    /// leave its writes in the group: mark its savepoint abandoned, and roll it back now on a
-    /// task of its own, so that the writer is free again for work outside the group.
+    /// leave its writes in the group: its savepoint is rolled back at once, and the SQLite
+    /// transaction ended if no member is in it, so that the writer is free again.
     fn drop(&mut self) {
         let Some(mut guard) = self.guard.take() else {
             return;
@@ -206,64 +208,80 @@ impl Drop for Member {
         if let Some(open) = guard.open.as_mut() {
             open.abandoned = true;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { settle(&mut guard).await });
-        }
-        // Without a runtime, the next member to take the writer settles it first.
+        settle(&mut guard);
     }
 }
 
-/// Rolls back an abandoned savepoint, and ends the SQLite transaction when no member is in it,
-/// which gives the writer connection back to the pool.
-async fn settle(guard: &mut OwnedMutexGuard<Group>) {
-    undo_abandoned(guard).await;
-    if let Some(open) = guard.open.take_if(|open| open.members == 0) {
+/// Runs `work`, which waits for the disk, without holding up the tasks that share this thread:
+/// on a multi-threaded runtime they move to another worker meanwhile.
+fn waiting_for_disk<R>(work: impl FnOnce() -> R) -> R {
+    match Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// Rolls back an abandoned savepoint, and ends the SQLite transaction when no member is in it.
+fn settle(group: &mut Group) {
+    undo_abandoned(group);
+    if let Some(open) = group.open.take_if(|open| open.members == 0) {
         let _ = open.outcome.set(Ok(()));
-        if let Err(error) = open.tx.rollback().await {
+        if let Err(error) = group.connection.execute_batch("ROLLBACK") {
             tracing::warn!(%error, "an empty SQLite transaction did not roll back");
         }
     }
 }
 
 /// Rolls back the savepoint of a member that was dropped half-way, if there is one.
-async fn undo_abandoned(guard: &mut OwnedMutexGuard<Group>) {
-    let Some(open) = guard.open.as_mut().filter(|open| open.abandoned) else {
+fn undo_abandoned(group: &mut Group) {
+    if !group.open.as_ref().is_some_and(|open| open.abandoned) {
         return;
-    };
-    let mut undone = sqlx::query(&format!("ROLLBACK TO {SAVEPOINT}"))
-        .execute(&mut *open.tx)
-        .await;
-    if undone.is_ok() {
-        undone = sqlx::query(&format!("RELEASE {SAVEPOINT}"))
-            .execute(&mut *open.tx)
-            .await;
     }
+    let undone = group
+        .connection
+        .execute_batch(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"));
     match undone {
-        Ok(_) => open.abandoned = false,
-        Err(error) => fail_group(guard, &error.to_string()).await,
+        Ok(()) => {
+            if let Some(open) = group.open.as_mut() {
+                open.abandoned = false;
+            }
+        }
+        Err(error) => fail_group(group, &error.to_string()),
     }
 }
 
 /// Commits the group and tells every member how it went.
-async fn commit_group(guard: &mut OwnedMutexGuard<Group>) {
-    undo_abandoned(guard).await;
-    let Some(open) = guard.open.take() else {
+fn commit_group(group: &mut Group) {
+    undo_abandoned(group);
+    let Some(open) = group.open.take() else {
         return;
     };
-    let outcome = open.tx.commit().await.map_err(|error| error.to_string());
+    let outcome = waiting_for_disk(|| group.connection.execute_batch("COMMIT"))
+        .map_err(|error| error.to_string());
     if let Err(error) = &outcome {
         tracing::error!(%error, members = open.members, "a group commit failed; its members roll back");
+        // A refused COMMIT (a deferred constraint, a full disk) leaves the transaction open.
+        end_transaction(&group.connection);
     }
     let _ = open.outcome.set(outcome);
 }
 
 /// Rolls the whole group back after its SQLite transaction broke; every member fails.
-async fn fail_group(guard: &mut OwnedMutexGuard<Group>, error: &str) {
-    let Some(open) = guard.open.take() else {
+fn fail_group(group: &mut Group, error: &str) {
+    let Some(open) = group.open.take() else {
         return;
     };
     let _ = open.outcome.set(Err(error.to_owned()));
-    if let Err(error) = open.tx.rollback().await {
+    end_transaction(&group.connection);
+}
+
+/// Rolls back whatever transaction is still open on the writer.
+fn end_transaction(connection: &Connection) {
+    if !connection.is_autocommit()
+        && let Err(error) = connection.execute_batch("ROLLBACK")
+    {
         tracing::warn!(%error, "a broken SQLite transaction did not roll back");
     }
 }
@@ -272,29 +290,26 @@ async fn fail_group(guard: &mut OwnedMutexGuard<Group>, error: &str) {
 mod tests {
     use std::time::Duration;
 
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-
+    use super::super::sql;
     use super::*;
 
     /// A writer over a fresh file with a parent and a child table, foreign keys enforced.
-    async fn writer(dir: &tempfile::TempDir) -> Writer {
-        let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("group.db"))
-            .create_if_missing(true)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .expect("open");
-        sqlx::query(
-            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
-             CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent (id))",
-        )
-        .execute(&pool)
-        .await
-        .expect("schema");
-        Writer::new(pool)
+    fn writer(dir: &tempfile::TempDir) -> Writer {
+        let connection = Connection::open(dir.path().join("group.db")).expect("open");
+        connection
+            .execute_batch(
+                "PRAGMA foreign_keys = ON; \
+                 CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+                 CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent (id))",
+            )
+            .expect("schema");
+        Writer::new(connection)
+    }
+
+    fn count(member: &Member) -> i64 {
+        sql::query("SELECT count(*) FROM child")
+            .fetch_scalar(member.connection().expect("connection"))
+            .expect("read")
     }
 
     /// A member that rolls back after reading the uncommitted write of a member before it in
@@ -303,24 +318,25 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_group_fails_the_members_that_read_it() {
         let dir = tempfile::tempdir().expect("dir");
-        let writer = writer(&dir).await;
-        let mut first = writer.begin().await.expect("begin");
+        let writer = writer(&dir);
+        let first = writer.begin().await.expect("begin");
         // A foreign key checked only at commit: the group's COMMIT fails.
-        sqlx::query(
-            "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
-        )
-        .execute(first.connection().expect("connection"))
-        .await
-        .expect("insert");
+        first
+            .connection()
+            .expect("connection")
+            .execute_batch(
+                "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
+            )
+            .expect("insert");
         let second = tokio::spawn({
             let writer = writer.clone();
             async move {
-                let mut second = writer.begin().await.expect("begin");
-                let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM child")
-                    .fetch_one(second.connection().expect("connection"))
-                    .await
-                    .expect("read");
-                assert_eq!(seen, 1, "the member before it in the group is visible");
+                let second = writer.begin().await.expect("begin");
+                assert_eq!(
+                    count(&second),
+                    1,
+                    "the member before it in the group is visible"
+                );
                 second.rollback().await
             }
         });
@@ -337,12 +353,8 @@ mod tests {
             "the member that read it fails too: {rolled_back:?}"
         );
         // Nothing of the group is stored, and the writer works again.
-        let mut third = writer.begin().await.expect("begin");
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM child")
-            .fetch_one(third.connection().expect("connection"))
-            .await
-            .expect("read");
-        assert_eq!(left, 0);
+        let third = writer.begin().await.expect("begin");
+        assert_eq!(count(&third), 0);
         third.commit().await.expect("commit");
     }
 
@@ -351,18 +363,37 @@ mod tests {
     #[tokio::test]
     async fn a_lone_rollback_ends_the_sqlite_transaction() {
         let dir = tempfile::tempdir().expect("dir");
-        let writer = writer(&dir).await;
-        let mut member = writer.begin().await.expect("begin");
-        sqlx::query("INSERT INTO parent (id) VALUES (1)")
+        let writer = writer(&dir);
+        let member = writer.begin().await.expect("begin");
+        sql::query("INSERT INTO parent (id) VALUES (1)")
             .execute(member.connection().expect("connection"))
-            .await
             .expect("insert");
         member.rollback().await.expect("rollback");
         assert!(writer.group.lock().await.open.is_none());
         let done = writer
-            .execute(sqlx::query("INSERT INTO parent (id) VALUES (1)"))
+            .execute(sql::query("INSERT INTO parent (id) VALUES (1)"))
             .await
             .expect("insert again");
-        assert_eq!(done.rows_affected(), 1);
+        assert_eq!(done, 1);
+    }
+
+    /// A member dropped half-way leaves nothing behind and frees the writer, with no runtime
+    /// task to finish the job.
+    #[tokio::test]
+    async fn a_dropped_member_is_undone_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir);
+        let member = writer.begin().await.expect("begin");
+        sql::query("INSERT INTO parent (id) VALUES (1)")
+            .execute(member.connection().expect("connection"))
+            .expect("insert");
+        drop(member);
+        assert!(writer.group.lock().await.open.is_none());
+        let member = writer.begin().await.expect("begin");
+        let parents: i64 = sql::query("SELECT count(*) FROM parent")
+            .fetch_scalar(member.connection().expect("connection"))
+            .expect("read");
+        assert_eq!(parents, 0);
+        member.commit().await.expect("commit");
     }
 }

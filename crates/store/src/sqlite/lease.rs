@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::group::Writer;
+use super::sql;
 use super::store::UPSERT_OFFSET;
 use crate::lease::Lease;
 use crate::{StoreError, to_micros};
@@ -89,7 +90,7 @@ impl Lease for SqliteLease {
     async fn commit_offset(&mut self, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.writer
             .execute(
-                sqlx::query(UPSERT_OFFSET)
+                sql::query(UPSERT_OFFSET)
                     .bind(&self.group)
                     .bind(i64::from(self.partition))
                     .bind(position)

@@ -7,18 +7,25 @@
 //! [`group`]), so the disk's latency is paid once per group, not once per command. Because writes are serialized, the order in which events are
 //! inserted is their commit order: an event's position is given when it is inserted, and the
 //! log is gap-free by construction.
+//!
+//! Statements run on the calling thread (see [`sql`]): they take microseconds, and only a
+//! group's commit, which waits for the disk, steps aside from the async runtime.
 
 mod group;
 mod lease;
+mod sql;
 mod store;
 mod tx;
 
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use rusqlite::{Connection, OpenFlags};
+use sqlx::ConnectOptions as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
 use crate::{ConnectOptions, StoreError};
 
@@ -29,12 +36,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache per connection, in KiB when negative (SQLite's convention): 64 MiB, so that the
 /// working set of a busy store (orders, stock, the log's recent end) stays in memory; the
 /// default of 2 MiB made every step re-read index pages.
-const CACHE_SIZE_PRAGMA: &str = "-65536";
+const CACHE_SIZE_KIB: i64 = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: group::Writer,
-    reader: SqlitePool,
+    readers: Arc<Readers>,
     partitions: u32,
     /// Partition leases held by this process.
     leases: lease::Held,
@@ -47,12 +54,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            // Group commit runs each command in a savepoint, whose statement journal would
-            // otherwise be a temporary file written on every change.
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", CACHE_SIZE_PRAGMA);
-        if let Some(parent) = connect.get_filename().parent()
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = connect.get_filename().to_path_buf();
+        if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::DataDirectory {
@@ -60,27 +64,124 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(connect.clone())
+        // The schema's migrations, recorded as they always were; then the engine's own
+        // connections take over.
+        let mut migrating = connect.connect().await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&mut migrating)
             .await?;
-        sqlx::migrate!("migrations/sqlite").run(&writer).await?;
-        let writer = group::Writer::new(writer);
-        let reader = SqlitePoolOptions::new()
-            .max_connections(options.connections_max.max(1))
-            .connect_with(connect.read_only(true))
-            .await?;
-        let partitions: i64 = sqlx::query_scalar("SELECT partitions FROM log_head WHERE id = 1")
-            .fetch_one(&reader)
-            .await?;
+        sqlx::Connection::close(migrating).await?;
+
+        let writer = open(&path, false)?;
+        let partitions: i64 =
+            sql::query("SELECT partitions FROM log_head WHERE id = 1").fetch_scalar(&writer)?;
         let partitions =
             u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
         Ok(Self {
-            writer,
-            reader,
+            writer: group::Writer::new(writer),
+            readers: Arc::new(Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+                idle_max: usize::try_from(options.connections_max.max(1)).unwrap_or(usize::MAX),
+            }),
             partitions,
             leases: lease::Held::default(),
         })
+    }
+
+    /// A reader connection for one call, back to the pool when dropped.
+    fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        self.readers.get()
+    }
+}
+
+/// Opens one of the engine's connections: the writer, or a read-only one beside it.
+fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let connection = Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE_CAPACITY);
+    // Group commit runs each command in a savepoint, whose statement journal would otherwise
+    // be a temporary file written on every change.
+    connection.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -{CACHE_SIZE_KIB};"
+    ))?;
+    if !read_only {
+        let mode: String =
+            connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "the database would not switch to WAL mode (it is in {mode} mode)"
+            )));
+        }
+    }
+    Ok(connection)
+}
+
+/// Read-only connections, opened on demand and kept for reuse. A reader is held only for the
+/// statements of one call, which never wait on anything else, so the pool never makes a caller
+/// wait; it keeps at most `idle_max` connections between calls.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    idle_max: usize,
+}
+
+impl Readers {
+    fn get(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => open(&self.path, true)?,
+        };
+        Ok(Reader {
+            readers: self,
+            connection: Some(connection),
+        })
+    }
+}
+
+/// A reader connection lent for one call.
+struct Reader<'a> {
+    readers: &'a Readers,
+    connection: Option<Connection>,
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Taken only in `drop`.
+        self.connection
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a reader is used after it was returned"))
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let mut idle = self
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.readers.idle_max {
+            idle.push(connection);
+        }
     }
 }

@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::sql::{self, Row};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
@@ -25,14 +24,14 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        sql::query("SELECT 1").fetch_scalar::<i64>(&*self.reader()?)?;
         Ok(())
     }
 
     async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError> {
         self.writer
             .execute(
-                sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
+                sql::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
                     .bind(tenant.id.as_uuid())
                     .bind(&tenant.name)
                     .bind(to_micros(tenant.created_at)),
@@ -42,7 +41,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
-        self.writer.execute(sqlx::query(
+        self.writer.execute(sql::query(
             "INSERT INTO api_keys (id, tenant_id, key_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(key.id.as_uuid())
@@ -56,12 +55,11 @@ impl Store for SqliteStore {
     }
 
     async fn find_api_key(&self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(
+        let row = sql::query(
             "SELECT id, tenant_id, scopes, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = ?",
         )
         .bind(&key_hash[..])
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional(&*self.reader()?)?;
         row.map(|row| {
             Ok(ApiKeyRecord {
                 id: ApiKeyId::from_uuid(row.try_get("id")?),
@@ -78,11 +76,10 @@ impl Store for SqliteStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
+        let row = sql::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
             .bind(tenant.as_uuid())
             .bind(key)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(super::tx::idempotency_record).transpose()
     }
 
@@ -94,7 +91,7 @@ impl Store for SqliteStore {
         let done = self
             .writer
             .execute(
-                sqlx::query(
+                sql::query(
                     "DELETE FROM idempotency_records WHERE (tenant_id, key) IN \
              (SELECT tenant_id, key FROM idempotency_records WHERE expires_at <= ? LIMIT ?)",
                 )
@@ -102,7 +99,7 @@ impl Store for SqliteStore {
                 .bind(i64::from(limit)),
             )
             .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     async fn product(
@@ -111,21 +108,19 @@ impl Store for SqliteStore {
         id: ProductId,
     ) -> Result<Option<ProductRecord>, StoreError> {
         let Some(row) =
-            sqlx::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
+            sql::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
                 .bind(tenant.as_uuid())
                 .bind(id.as_uuid())
-                .fetch_optional(&self.reader)
-                .await?
+                .fetch_optional(&*self.reader()?)?
         else {
             return Ok(None);
         };
-        let variants = sqlx::query(
+        let variants = sql::query(
             "SELECT sku, prices FROM variants WHERE tenant_id = ? AND product_id = ? ORDER BY position",
         )
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_all(&self.reader)
-        .await?
+        .fetch_all(&*self.reader()?)?
         .iter()
         .map(|row| {
             let prices: String = row.try_get("prices")?;
@@ -149,21 +144,19 @@ impl Store for SqliteStore {
         tenant: TenantId,
         sku: &str,
     ) -> Result<Option<Vec<StockRecord>>, StoreError> {
-        let known = sqlx::query("SELECT 1 FROM variants WHERE tenant_id = ? AND sku = ?")
+        let known = sql::query("SELECT 1 FROM variants WHERE tenant_id = ? AND sku = ?")
             .bind(tenant.as_uuid())
             .bind(sku)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(&*self.reader()?)?;
         if known.is_none() {
             return Ok(None);
         }
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT location, on_hand, reserved, updated_at FROM stock_levels WHERE tenant_id = ? AND sku = ? ORDER BY location",
         )
         .bind(tenant.as_uuid())
         .bind(sku)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| {
                 Ok(StockRecord {
@@ -182,11 +175,10 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
+        let row = sql::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
             .bind(tenant.as_uuid())
             .bind(id.as_uuid())
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(order_record).transpose()
     }
 
@@ -195,13 +187,12 @@ impl Store for SqliteStore {
         tenant: TenantId,
         subject: &str,
     ) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, type, time FROM events WHERE tenant_id = ? AND subject = ? ORDER BY position",
         )
         .bind(tenant.as_uuid())
         .bind(subject)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| {
                 Ok(TimelineEntry {
@@ -231,7 +222,7 @@ impl Store for SqliteStore {
              AND (?7 IS NULL OR id < ?7) \
              ORDER BY id DESC LIMIT ?8"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sql::query(&sql)
             .bind(tenant.as_uuid())
             .bind(filter.customer_id.as_deref())
             .bind(filter.status.as_deref())
@@ -240,8 +231,7 @@ impl Store for SqliteStore {
             .bind(filter.created_before.map(to_micros))
             .bind(filter.before_id.map(|id| id.as_uuid()))
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
+            .fetch_all(&*self.reader()?)?;
         rows.iter().map(order_record).collect()
     }
 
@@ -261,35 +251,30 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<LogEvent>, StoreError> {
         let rows = match partition {
-            Some(partition) => sqlx::query(&format!(
+            Some(partition) => sql::query(&format!(
                 "{SELECT_LOG_EVENT} WHERE partition = ? AND position > ? ORDER BY position LIMIT ?"
             ))
             .bind(i64::from(partition))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?,
-            None => {
-                sqlx::query(&format!(
-                    "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
-                ))
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?
-            }
+            .fetch_all(&*self.reader()?)?,
+            None => sql::query(&format!(
+                "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
+            ))
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&*self.reader()?)?,
         };
         rows.iter().map(log_event).collect()
     }
 
     async fn consumer_offset(&self, group: &str, partition: u32) -> Result<i64, StoreError> {
-        let position: Option<i64> = sqlx::query_scalar(
+        let position: Option<i64> = sql::query(
             "SELECT position FROM consumer_offsets WHERE group_name = ? AND partition = ?",
         )
         .bind(group)
         .bind(i64::from(partition))
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional_scalar(&*self.reader()?)?;
         Ok(position.unwrap_or(0))
     }
 
@@ -302,7 +287,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.writer
             .execute(
-                sqlx::query(UPSERT_OFFSET)
+                sql::query(UPSERT_OFFSET)
                     .bind(group)
                     .bind(i64::from(partition))
                     .bind(position)
@@ -318,11 +303,10 @@ impl Store for SqliteStore {
         time: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
         let position: Option<i64> =
-            sqlx::query_scalar("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
+            sql::query("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
                 .bind(i64::from(partition))
                 .bind(to_micros(time))
-                .fetch_one(&self.reader)
-                .await?;
+                .fetch_scalar(&*self.reader()?)?;
         Ok(position.unwrap_or(0))
     }
 
@@ -333,7 +317,7 @@ impl Store for SqliteStore {
     async fn log_backlog(&self, group: &str) -> Result<i64, StoreError> {
         let mut backlog = 0;
         for partition in 0..self.partitions {
-            let count: i64 = sqlx::query_scalar(
+            let count: i64 = sql::query(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE partition = ?1 AND position > \
                  coalesce((SELECT position FROM consumer_offsets WHERE group_name = ?2 AND partition = ?1), 0) \
                  LIMIT ?3)",
@@ -341,8 +325,7 @@ impl Store for SqliteStore {
             .bind(i64::from(partition))
             .bind(group)
             .bind(crate::log::BACKLOG_COUNT_MAX)
-            .fetch_one(&self.reader)
-            .await?;
+            .fetch_scalar(&*self.reader()?)?;
             backlog += count;
         }
         Ok(backlog)
@@ -372,11 +355,10 @@ impl Store for SqliteStore {
     }
 
     async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let rows = sqlx::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
+        let tx = self.writer.begin().await?;
+        let rows = sql::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
             .bind(i64::from(limit))
-            .fetch_all(tx.connection()?)
-            .await?;
+            .fetch_all(tx.connection()?)?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -401,10 +383,9 @@ impl Store for SqliteStore {
             .map(|u| u.tenant)
             .collect::<std::collections::BTreeSet<_>>()
         {
-            let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
+            let head = sql::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
                 .bind(tenant.as_uuid())
-                .fetch_optional(tx.connection()?)
-                .await?;
+                .fetch_optional(tx.connection()?)?;
             if let Some(head) = head {
                 let hash: Vec<u8> = head.try_get("hash")?;
                 let hash = hash
@@ -421,37 +402,34 @@ impl Store for SqliteStore {
         }
         let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
         for (seq, record) in &sealed {
-            sqlx::query(
+            sql::query(
                 "UPDATE audit_records SET sequence = ?, prev_hash = ?, hash = ? WHERE seq = ?",
             )
             .bind(record.sequence)
             .bind(&record.prev_hash[..])
             .bind(&record.hash[..])
             .bind(seq)
-            .execute(tx.connection()?)
-            .await?;
+            .execute(tx.connection()?)?;
         }
         for (tenant, head) in &heads {
-            sqlx::query(
+            sql::query(
                 "INSERT INTO audit_heads (tenant_id, sequence, hash) VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
             )
             .bind(tenant.as_uuid())
             .bind(head.sequence)
             .bind(&head.hash[..])
-            .execute(tx.connection()?)
-            .await?;
+            .execute(tx.connection()?)?;
         }
         tx.commit().await?;
         Ok(sealed.len() as u64)
     }
 
     async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND sequence IS NOT NULL ORDER BY sequence",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         let records = rows
             .iter()
             .map(|row| {
@@ -469,10 +447,9 @@ impl Store for SqliteStore {
                 )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
+        let head = sql::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
             .bind(tenant.as_uuid())
-            .fetch_optional(&self.reader)
-            .await?
+            .fetch_optional(&*self.reader()?)?
             .map(|row| -> Result<tally_audit::ChainHead, StoreError> {
                 let hash: Vec<u8> = row.try_get("hash")?;
                 let hash = hash
@@ -484,12 +461,11 @@ impl Store for SqliteStore {
                 })
             })
             .transpose()?;
-        let unsealed: i64 = sqlx::query_scalar(
+        let unsealed: i64 = sql::query(
             "SELECT count(*) FROM audit_records WHERE tenant_id = ? AND sequence IS NULL",
         )
         .bind(tenant.as_uuid())
-        .fetch_one(&self.reader)
-        .await?;
+        .fetch_scalar(&*self.reader()?)?;
         Ok(AuditChain {
             records,
             head,
@@ -503,14 +479,13 @@ impl Store for SqliteStore {
         entity_type: &str,
         entity_id: &str,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, tenant_id, sequence, at, body, entity_type, entity_id, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND entity_type = ? AND entity_id = ? ORDER BY seq",
         )
         .bind(tenant.as_uuid())
         .bind(entity_type)
         .bind(entity_id)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRow {
@@ -533,25 +508,22 @@ impl Store for SqliteStore {
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
-            .fetch_all(&self.reader)
-            .await?;
+        let ids: Vec<Uuid> =
+            sql::query("SELECT id FROM tenants ORDER BY id").fetch_all_scalar(&*self.reader()?)?;
         Ok(ids.into_iter().map(TenantId::from_uuid).collect())
     }
 
     async fn journal(&self, tenant: TenantId) -> Result<Vec<StoredEntry>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, kind, pending_id, body, order_id, created_at FROM journal_entries WHERE tenant_id = ? ORDER BY created_at, id",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&self.reader)
-        .await?;
-        let postings = sqlx::query(
+        .fetch_all(&*self.reader()?)?;
+        let postings = sql::query(
             "SELECT entry_id, account, currency, amount_minor FROM postings WHERE tenant_id = ? ORDER BY entry_id, line",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         let mut by_entry: std::collections::HashMap<String, Vec<PostingRecord>> =
             std::collections::HashMap::new();
         for row in &postings {
@@ -593,13 +565,12 @@ impl Store for SqliteStore {
         tenant: TenantId,
         account: &str,
     ) -> Result<Vec<AccountPosting>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT p.entry_id, e.kind, e.pending_id, p.currency, p.amount_minor, e.created_at FROM postings p JOIN journal_entries e ON e.tenant_id = p.tenant_id AND e.id = p.entry_id WHERE p.tenant_id = ? AND p.account = ? ORDER BY e.created_at, p.entry_id",
         )
         .bind(tenant.as_uuid())
         .bind(account)
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| {
                 Ok(AccountPosting {
@@ -615,12 +586,11 @@ impl Store for SqliteStore {
     }
 
     async fn settled_orders(&self, tenant: TenantId) -> Result<Vec<(OrderId, String)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT id, currency FROM orders WHERE tenant_id = ? AND status IN ('completed', 'cancelled', 'refunded')",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -632,14 +602,12 @@ impl Store for SqliteStore {
     }
 
     async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError> {
-        let levels = sqlx::query("SELECT tenant_id, sku, location, on_hand, reserved FROM stock_levels ORDER BY tenant_id, sku, location")
-            .fetch_all(&self.reader)
-            .await?;
-        let sums = sqlx::query(
+        let levels = sql::query("SELECT tenant_id, sku, location, on_hand, reserved FROM stock_levels ORDER BY tenant_id, sku, location")
+            .fetch_all(&*self.reader()?)?;
+        let sums = sql::query(
             "SELECT tenant_id, sku, location, kind, sum(quantity) AS total FROM stock_movements GROUP BY tenant_id, sku, location, kind",
         )
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         let mut movements: std::collections::HashMap<
             (Uuid, String, String),
             BTreeMap<String, i64>,
@@ -679,29 +647,26 @@ impl Store for SqliteStore {
         &self,
         tenant: TenantId,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT status, count(*) AS n FROM orders WHERE tenant_id = ? GROUP BY status ORDER BY status")
+        let rows = sql::query("SELECT status, count(*) AS n FROM orders WHERE tenant_id = ? GROUP BY status ORDER BY status")
             .bind(tenant.as_uuid())
-            .fetch_all(&self.reader)
-            .await?;
+            .fetch_all(&*self.reader()?)?;
         rows.iter()
             .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
             .collect()
     }
 
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_LOG_EVENT} WHERE id = ?"))
+        let row = sql::query(&format!("{SELECT_LOG_EVENT} WHERE id = ?"))
             .bind(id.as_uuid())
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(log_event).transpose()
     }
 
     async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
-        let found = sqlx::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
+        let found = sql::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
             .bind(group)
             .bind(event.as_uuid())
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_optional(&*self.reader()?)?;
         Ok(found.is_some())
     }
 
@@ -711,14 +676,13 @@ impl Store for SqliteStore {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sql::query(&format!(
             "{SELECT_DEAD_LETTER} WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC LIMIT ?3"
         ))
         .bind(tenant.as_uuid())
         .bind(status)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter().map(dead_letter).collect()
     }
 
@@ -727,13 +691,12 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: Uuid,
     ) -> Result<Option<DeadLetterRecord>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = sql::query(&format!(
             "{SELECT_DEAD_LETTER} WHERE tenant_id = ? AND id = ?"
         ))
         .bind(tenant.as_uuid())
         .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(dead_letter).transpose()
     }
 
@@ -745,7 +708,7 @@ impl Store for SqliteStore {
         to: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = self.writer.execute(sqlx::query(
+        let done = self.writer.execute(sql::query(
             "UPDATE dead_letters SET status = ?, updated_at = ? WHERE tenant_id = ? AND id = ? AND status = ?",
         )
         .bind(to)
@@ -755,7 +718,7 @@ impl Store for SqliteStore {
         .bind(from)
         )
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     async fn dead_letters_to_retry(
@@ -763,13 +726,12 @@ impl Store for SqliteStore {
         group: &str,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let rows = sql::query(&format!(
             "{SELECT_DEAD_LETTER} WHERE group_name = ? AND status = 'retrying' ORDER BY position LIMIT ?"
         ))
         .bind(group)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
+        .fetch_all(&*self.reader()?)?;
         rows.iter().map(dead_letter).collect()
     }
 }
@@ -779,7 +741,7 @@ pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name
 
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
-pub(super) fn order_state(row: &SqliteRow) -> Result<OrderState, StoreError> {
+pub(super) fn order_state(row: &Row) -> Result<OrderState, StoreError> {
     let record = order_record(row)?;
     Ok(OrderState {
         saga: record.saga.clone(),
@@ -787,13 +749,13 @@ pub(super) fn order_state(row: &SqliteRow) -> Result<OrderState, StoreError> {
     })
 }
 
-fn order_record(row: &SqliteRow) -> Result<OrderRecord, StoreError> {
+fn order_record(row: &Row) -> Result<OrderRecord, StoreError> {
     let lines: String = row.try_get("lines")?;
     let address: String = row.try_get("shipping_address")?;
     let saga: String = row.try_get("saga")?;
     Ok(OrderRecord {
         saga: serde_json::from_str(&saga).map_err(|e| corrupt("saga", e))?,
-        id: OrderId::from_uuid(row.try_get::<Uuid, _>("id")?),
+        id: OrderId::from_uuid(row.try_get::<Uuid>("id")?),
         channel: row.try_get("channel")?,
         customer_id: row.try_get("customer_id")?,
         customer_email: row.try_get("customer_email")?,
@@ -810,7 +772,7 @@ fn order_record(row: &SqliteRow) -> Result<OrderRecord, StoreError> {
 
 const SELECT_LOG_EVENT: &str = "SELECT position, id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent FROM events";
 
-fn log_event(row: &SqliteRow) -> Result<LogEvent, StoreError> {
+fn log_event(row: &Row) -> Result<LogEvent, StoreError> {
     let data: String = row.try_get("data")?;
     let partition: i64 = row.try_get("partition")?;
     Ok(LogEvent {
@@ -832,7 +794,7 @@ fn log_event(row: &SqliteRow) -> Result<LogEvent, StoreError> {
 
 const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
 
-fn dead_letter(row: &SqliteRow) -> Result<DeadLetterRecord, StoreError> {
+fn dead_letter(row: &Row) -> Result<DeadLetterRecord, StoreError> {
     let partition: i64 = row.try_get("partition")?;
     let attempts: String = row.try_get("attempts")?;
     let attempts = serde_json::from_str(&attempts).map_err(|e| corrupt("attempts", e))?;

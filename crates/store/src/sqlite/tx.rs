@@ -1,9 +1,8 @@
 //! One command transaction on SQLite's single writer connection.
 
+use super::sql::{self, Row};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 use super::group::Member;
 use tally_domain::catalog::{Product, Sku};
@@ -35,7 +34,7 @@ impl SqliteTx {
 
 pub(super) const SELECT_IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, status_code, location, response_body, expires_at FROM idempotency_records WHERE tenant_id = ? AND key = ?";
 
-pub(super) fn idempotency_record(row: &SqliteRow) -> Result<IdempotencyRecord, StoreError> {
+pub(super) fn idempotency_record(row: &Row) -> Result<IdempotencyRecord, StoreError> {
     let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
     let status: i64 = row.try_get("status_code")?;
     Ok(IdempotencyRecord {
@@ -69,11 +68,10 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD)
+        let row = sql::query(SELECT_IDEMPOTENCY_RECORD)
             .bind(tenant.as_uuid())
             .bind(key)
-            .fetch_optional(self.tx.connection()?)
-            .await?;
+            .fetch_optional(self.tx.connection()?)?;
         row.as_ref().map(idempotency_record).transpose()
     }
 
@@ -82,11 +80,10 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
+        sql::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
             .bind(tenant.as_uuid())
             .bind(key)
-            .execute(self.tx.connection()?)
-            .await?;
+            .execute(self.tx.connection()?)?;
         Ok(())
     }
 
@@ -95,7 +92,7 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         record: &NewIdempotencyRecord<'_>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sql::query(
             "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -107,8 +104,7 @@ impl Tx for SqliteTx {
         .bind(&record.response.body)
         .bind(to_micros(record.created_at))
         .bind(to_micros(record.expires_at))
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
@@ -117,13 +113,12 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<Vec<Sku>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
+        let rows: Vec<String> = sql::query(
             "SELECT sku FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku",
         )
         .bind(tenant.as_uuid())
         .bind(json_list(skus))
-        .fetch_all(self.tx.connection()?)
-        .await?;
+        .fetch_all_scalar(self.tx.connection()?)?;
         rows.iter()
             .map(|sku| Sku::parse(sku).map_err(|e| corrupt("sku", e)))
             .collect()
@@ -134,15 +129,14 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         product: &Product,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES (?, ?, ?, ?)")
+        sql::query("INSERT INTO products (tenant_id, id, name, created_at) VALUES (?, ?, ?, ?)")
             .bind(tenant.as_uuid())
             .bind(product.id.as_uuid())
             .bind(product.name.as_str())
             .bind(to_micros(product.created_at))
-            .execute(self.tx.connection()?)
-            .await?;
+            .execute(self.tx.connection()?)?;
         for (position, variant) in product.variants.iter().enumerate() {
-            sqlx::query(
+            sql::query(
                 "INSERT INTO variants (tenant_id, sku, product_id, prices, position) VALUES (?, ?, ?, ?, ?)",
             )
             .bind(tenant.as_uuid())
@@ -150,8 +144,7 @@ impl Tx for SqliteTx {
             .bind(product.id.as_uuid())
             .bind(crate::codec::prices_json(&variant.prices).to_string())
             .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .execute(self.tx.connection()?)
-            .await?;
+            .execute(self.tx.connection()?)?;
         }
         Ok(())
     }
@@ -161,13 +154,12 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError> {
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT sku, prices FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?))",
         )
         .bind(tenant.as_uuid())
         .bind(json_list(skus))
-        .fetch_all(self.tx.connection()?)
-        .await?;
+        .fetch_all(self.tx.connection()?)?;
         rows.iter()
             .map(|row| {
                 let sku: String = row.try_get("sku")?;
@@ -188,7 +180,7 @@ impl Tx for SqliteTx {
         now: DateTime<Utc>,
     ) -> Result<Option<StockLevel>, StoreError> {
         // The single writer holds the lock already; only make sure the row exists.
-        sqlx::query(
+        sql::query(
             "INSERT INTO stock_levels (tenant_id, sku, location, on_hand, reserved, updated_at) \
              SELECT tenant_id, sku, ?, 0, 0, ? FROM variants WHERE tenant_id = ? AND sku = ? \
              ON CONFLICT (tenant_id, sku, location) DO NOTHING",
@@ -197,16 +189,14 @@ impl Tx for SqliteTx {
         .bind(to_micros(now))
         .bind(tenant.as_uuid())
         .bind(sku.as_str())
-        .execute(self.tx.connection()?)
-        .await?;
-        let row = sqlx::query(
+        .execute(self.tx.connection()?)?;
+        let row = sql::query(
             "SELECT on_hand, reserved FROM stock_levels WHERE tenant_id = ? AND sku = ? AND location = ?",
         )
         .bind(tenant.as_uuid())
         .bind(sku.as_str())
         .bind(location.as_str())
-        .fetch_optional(self.tx.connection()?)
-        .await?;
+        .fetch_optional(self.tx.connection()?)?;
         row.map(|row| {
             Ok(StockLevel {
                 on_hand: row.try_get("on_hand")?,
@@ -220,7 +210,7 @@ impl Tx for SqliteTx {
         let lines = serde_json::to_string(&order.lines).map_err(|e| corrupt("order lines", e))?;
         let address =
             serde_json::to_string(&order.shipping_address).map_err(|e| corrupt("address", e))?;
-        sqlx::query(
+        sql::query(
             "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -236,14 +226,13 @@ impl Tx for SqliteTx {
         .bind(address)
         .bind(to_micros(order.created_at))
         .bind(to_micros(order.created_at))
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
         for event in events {
-            sqlx::query(
+            sql::query(
                 "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
@@ -259,8 +248,7 @@ impl Tx for SqliteTx {
             .bind(event.correlation_id.as_deref())
             .bind(event.causation_id.as_deref())
             .bind(event.traceparent.as_deref())
-            .execute(self.tx.connection()?)
-            .await?;
+            .execute(self.tx.connection()?)?;
         }
         Ok(())
     }
@@ -271,19 +259,18 @@ impl Tx for SqliteTx {
         event: EventId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sql::query(
             "INSERT INTO inbox (group_name, event_id, applied_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(group)
         .bind(event.as_uuid())
         .bind(to_micros(now))
-        .execute(self.tx.connection()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(self.tx.connection()?)?;
+        Ok(done == 1)
     }
 
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        sql::query(
             "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
@@ -302,8 +289,7 @@ impl Tx for SqliteTx {
         .bind(&letter.status)
         .bind(to_micros(letter.created_at))
         .bind(to_micros(letter.updated_at))
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
@@ -313,15 +299,14 @@ impl Tx for SqliteTx {
         delivery_id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sql::query(
             "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(source)
         .bind(delivery_id)
         .bind(to_micros(now))
-        .execute(self.tx.connection()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(self.tx.connection()?)?;
+        Ok(done == 1)
     }
 
     async fn lock_order(
@@ -329,14 +314,13 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderState>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = sql::query(&format!(
             "{} WHERE tenant_id = ? AND id = ?",
             super::store::SELECT_ORDER
         ))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_optional(self.tx.connection()?)
-        .await?;
+        .fetch_optional(self.tx.connection()?)?;
         row.as_ref().map(super::store::order_state).transpose()
     }
 
@@ -349,7 +333,7 @@ impl Tx for SqliteTx {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let saga = serde_json::to_string(saga).map_err(|e| corrupt("saga", e))?;
-        sqlx::query(
+        sql::query(
             "UPDATE orders SET status = ?, saga = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
         )
         .bind(status)
@@ -357,8 +341,7 @@ impl Tx for SqliteTx {
         .bind(to_micros(now))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
@@ -368,14 +351,13 @@ impl Tx for SqliteTx {
         skus: &[String],
     ) -> Result<Vec<LockedStock>, StoreError> {
         let list = serde_json::Value::from(skus.to_vec()).to_string();
-        let rows = sqlx::query(
+        let rows = sql::query(
             "SELECT sku, location, on_hand, reserved FROM stock_levels \
              WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku, location",
         )
         .bind(tenant.as_uuid())
         .bind(list)
-        .fetch_all(self.tx.connection()?)
-        .await?;
+        .fetch_all(self.tx.connection()?)?;
         rows.iter()
             .map(|row| {
                 Ok(LockedStock {
@@ -396,7 +378,7 @@ impl Tx for SqliteTx {
         level: StockLevel,
         movement: &StockMovement,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sql::query(
             "UPDATE stock_levels SET on_hand = ?, reserved = ?, updated_at = ? WHERE tenant_id = ? AND sku = ? AND location = ?",
         )
         .bind(level.on_hand)
@@ -405,9 +387,8 @@ impl Tx for SqliteTx {
         .bind(tenant.as_uuid())
         .bind(&movement.sku)
         .bind(&movement.location)
-        .execute(self.tx.connection()?)
-        .await?;
-        sqlx::query(
+        .execute(self.tx.connection()?)?;
+        sql::query(
             "INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(tenant.as_uuid())
@@ -417,8 +398,7 @@ impl Tx for SqliteTx {
         .bind(movement.quantity)
         .bind(movement.order_id.map(|id| id.as_uuid()))
         .bind(to_micros(movement.at))
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
@@ -428,7 +408,7 @@ impl Tx for SqliteTx {
         entry: &NewJournalEntry,
     ) -> Result<(), StoreError> {
         for (line, posting) in entry.postings.iter().enumerate() {
-            sqlx::query(
+            sql::query(
                 "INSERT INTO postings (tenant_id, entry_id, line, account, currency, amount_minor) VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(tenant.as_uuid())
@@ -437,10 +417,9 @@ impl Tx for SqliteTx {
             .bind(&posting.account)
             .bind(&posting.currency)
             .bind(posting.amount_minor)
-            .execute(self.tx.connection()?)
-            .await?;
+            .execute(self.tx.connection()?)?;
         }
-        sqlx::query(
+        sql::query(
             "INSERT INTO journal_entries (tenant_id, id, kind, pending_id, body, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(tenant.as_uuid())
@@ -450,13 +429,12 @@ impl Tx for SqliteTx {
         .bind(entry.body.to_string())
         .bind(entry.order_id.map(|id| id.as_uuid()))
         .bind(to_micros(entry.created_at))
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 
     async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        sql::query(
             "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(record.tenant_id.as_uuid())
@@ -465,8 +443,7 @@ impl Tx for SqliteTx {
         .bind(record.body.to_string())
         .bind(&record.entity_type)
         .bind(&record.entity_id)
-        .execute(self.tx.connection()?)
-        .await?;
+        .execute(self.tx.connection()?)?;
         Ok(())
     }
 

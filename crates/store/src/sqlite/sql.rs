@@ -1,0 +1,174 @@
+//! Statements on a SQLite connection, run on the calling thread.
+//!
+//! A statement on SQLite's page cache takes microseconds; handing each one to a connection's own
+//! thread and waking the caller again cost more than running it, and made the single writer
+//! wait on thread switches rather than on work. So the engine's connections are plain
+//! `rusqlite` connections used in place: a query is built with its arguments bound, run, and its
+//! rows come back owned, so that no statement outlives the call that ran it. Statements are
+//! prepared once per connection and kept in its cache.
+
+use rusqlite::types::{FromSql, ToSql, ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, params_from_iter};
+
+use crate::StoreError;
+
+/// Prepared statements kept per connection: every statement text the engine issues fits, so a
+/// busy connection never prepares one twice.
+pub(super) const STATEMENT_CACHE_CAPACITY: usize = 128;
+
+/// A statement with its arguments, ready to run on a connection.
+#[must_use = "a query does nothing until it is run"]
+pub(super) struct Query<'q> {
+    sql: &'q str,
+    arguments: Vec<Value>,
+    /// An argument that could not be bound: running the query reports it.
+    unbound: Option<rusqlite::Error>,
+}
+
+/// Builds a query over `sql`; arguments bind in order, to `?` placeholders.
+pub(super) fn query(sql: &str) -> Query<'_> {
+    Query {
+        sql,
+        arguments: Vec::new(),
+        unbound: None,
+    }
+}
+
+impl<'q> Query<'q> {
+    /// Binds the next argument.
+    pub(super) fn bind<T: ToSql>(mut self, value: T) -> Self {
+        match value.to_sql() {
+            Ok(ToSqlOutput::Borrowed(value)) => self.arguments.push(Value::from(value)),
+            Ok(ToSqlOutput::Owned(value)) => self.arguments.push(value),
+            Ok(_) => {
+                self.unbound
+                    .get_or_insert(rusqlite::Error::ToSqlConversionFailure(
+                        "an argument of a kind the engine does not bind".into(),
+                    ));
+            }
+            Err(error) => {
+                self.unbound.get_or_insert(error);
+            }
+        }
+        self
+    }
+
+    /// The statement, prepared, with the arguments to run it with.
+    fn prepare<'c>(
+        self,
+        connection: &'c Connection,
+    ) -> Result<(rusqlite::CachedStatement<'c>, Vec<Value>), StoreError> {
+        if let Some(error) = self.unbound {
+            return Err(error.into());
+        }
+        Ok((connection.prepare_cached(self.sql)?, self.arguments))
+    }
+
+    /// Runs the statement; the number of rows it changed.
+    pub(super) fn execute(self, connection: &Connection) -> Result<u64, StoreError> {
+        let (mut statement, arguments) = self.prepare(connection)?;
+        let changed = statement.execute(params_from_iter(arguments.iter()))?;
+        Ok(u64::try_from(changed).unwrap_or(u64::MAX))
+    }
+
+    /// Runs the statement and returns every row.
+    pub(super) fn fetch_all(self, connection: &Connection) -> Result<Vec<Row>, StoreError> {
+        let (mut statement, arguments) = self.prepare(connection)?;
+        let columns: std::sync::Arc<[String]> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut rows = statement.query(params_from_iter(arguments.iter()))?;
+        let mut all = Vec::new();
+        while let Some(row) = rows.next()? {
+            let values = (0..columns.len())
+                .map(|index| row.get::<_, Value>(index))
+                .collect::<Result<Vec<_>, _>>()?;
+            all.push(Row {
+                columns: std::sync::Arc::clone(&columns),
+                values,
+            });
+        }
+        Ok(all)
+    }
+
+    /// Runs the statement and returns its first row, if any.
+    pub(super) fn fetch_optional(self, connection: &Connection) -> Result<Option<Row>, StoreError> {
+        Ok(self.fetch_all(connection)?.into_iter().next())
+    }
+
+    /// Runs the statement and returns its first row, which must exist.
+    pub(super) fn fetch_one(self, connection: &Connection) -> Result<Row, StoreError> {
+        self.fetch_optional(connection)?
+            .ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// The first column of the first row.
+    pub(super) fn fetch_scalar<T: FromSql>(self, connection: &Connection) -> Result<T, StoreError> {
+        self.fetch_one(connection)?.try_get(0)
+    }
+
+    /// The first column of the first row, if there is a row.
+    pub(super) fn fetch_optional_scalar<T: FromSql>(
+        self,
+        connection: &Connection,
+    ) -> Result<Option<T>, StoreError> {
+        self.fetch_optional(connection)?
+            .map(|row| row.try_get(0))
+            .transpose()
+    }
+
+    /// The first column of every row.
+    pub(super) fn fetch_all_scalar<T: FromSql>(
+        self,
+        connection: &Connection,
+    ) -> Result<Vec<T>, StoreError> {
+        self.fetch_all(connection)?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect()
+    }
+}
+
+/// One result row, owned.
+#[derive(Debug, Clone)]
+pub(super) struct Row {
+    columns: std::sync::Arc<[String]>,
+    values: Vec<Value>,
+}
+
+/// A column by name or by position.
+pub(super) trait Column {
+    fn position(&self, columns: &[String]) -> Option<usize>;
+}
+
+impl Column for &str {
+    fn position(&self, columns: &[String]) -> Option<usize> {
+        columns
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(self))
+    }
+}
+
+impl Column for usize {
+    fn position(&self, columns: &[String]) -> Option<usize> {
+        (*self < columns.len()).then_some(*self)
+    }
+}
+
+impl Row {
+    /// The value of one column, converted.
+    pub(super) fn try_get<T: FromSql>(&self, column: impl Column) -> Result<T, StoreError> {
+        let Some((index, value)) = column
+            .position(&self.columns)
+            .and_then(|index| Some((index, self.values.get(index)?)))
+        else {
+            return Err(StoreError::Corrupt("a query's column is missing".into()));
+        };
+        let value = ValueRef::from(value);
+        T::column_result(value).map_err(|error| {
+            StoreError::Corrupt(format!("column {}: {error}", self.columns[index]))
+        })
+    }
+}
