@@ -17,7 +17,9 @@
 use std::sync::{Arc, OnceLock};
 
 use rusqlite::Connection;
+use std::time::Instant;
 use tokio::runtime::{Handle, RuntimeFlavor};
+
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::sql::Query;
@@ -66,7 +68,7 @@ impl Writer {
 
     /// Begins a member: waits for the writer, opening a SQLite transaction if none is open.
     pub(crate) async fn begin(&self) -> Result<Member, StoreError> {
-        let mut guard = Arc::clone(&self.group).lock_owned().await;
+        let mut guard = Held::lock(Arc::clone(&self.group)).await;
         settle(&mut guard);
         if guard.open.is_none() {
             guard.connection.execute_batch("BEGIN")?;
@@ -105,7 +107,7 @@ impl Writer {
 pub(crate) struct Member {
     group: Arc<Mutex<Group>>,
     /// The writer, held for the member's life; `None` once it ended.
-    guard: Option<OwnedMutexGuard<Group>>,
+    guard: Option<Held>,
 }
 
 impl Member {
@@ -173,14 +175,14 @@ impl Member {
 /// meanwhile join (unless the group is `full`), then commits the group if nobody else has.
 async fn await_group(
     group: Arc<Mutex<Group>>,
-    mut guard: OwnedMutexGuard<Group>,
+    mut guard: Held,
     outcome: Arc<OnceLock<Result<(), String>>>,
     full: bool,
 ) -> Result<(), StoreError> {
     if !full {
         // The commands queued meanwhile are ahead of us now, and join the group.
         drop(guard);
-        guard = group.lock_owned().await;
+        guard = Held::lock(group).await;
     }
     if outcome.get().is_none() {
         // Nobody ended the group since: it is still ours, and everyone queued before us
@@ -209,6 +211,45 @@ impl Drop for Member {
             open.abandoned = true;
         }
         settle(&mut guard);
+    }
+}
+
+/// The writer, held: reports how long it was held, so that an operator sees how busy the
+/// single writer is (the sum of `tally_sqlite_writer_hold_seconds` against wall time).
+#[derive(Debug)]
+struct Held {
+    guard: OwnedMutexGuard<Group>,
+    since: Instant,
+}
+
+impl Held {
+    async fn lock(group: Arc<Mutex<Group>>) -> Self {
+        let guard = group.lock_owned().await;
+        Self {
+            guard,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Group;
+
+    fn deref(&self) -> &Group {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Group {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::histogram!("tally_sqlite_writer_hold_seconds")
+            .record(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -258,8 +299,12 @@ fn commit_group(group: &mut Group) {
     let Some(open) = group.open.take() else {
         return;
     };
+    let started = Instant::now();
     let outcome = waiting_for_disk(|| group.connection.execute_batch("COMMIT"))
         .map_err(|error| error.to_string());
+    metrics::histogram!("tally_sqlite_group_commit_seconds")
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("tally_sqlite_group_members").record(f64::from(open.members));
     if let Err(error) = &outcome {
         tracing::error!(%error, members = open.members, "a group commit failed; its members roll back");
         // A refused COMMIT (a deferred constraint, a full disk) leaves the transaction open.

@@ -33,10 +33,14 @@ use crate::{ConnectOptions, StoreError};
 /// process the single writer connection means Tally itself never waits on it.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Page cache per connection, in KiB when negative (SQLite's convention): 64 MiB, so that the
-/// working set of a busy store (orders, stock, the log's recent end) stays in memory; the
-/// default of 2 MiB made every step re-read index pages.
-const CACHE_SIZE_KIB: i64 = 65_536;
+/// The writer's page cache: 64 MiB, so that the working set of a busy store (orders, stock, the
+/// log's recent end) stays in memory; the default of 2 MiB made every step re-read index pages.
+const WRITER_CACHE_KIB: i64 = 65_536;
+/// A reader's page cache. In WAL mode a reader drops its whole cache whenever another
+/// connection wrote since its last read, which on a busy store is before nearly every read;
+/// emptying a large cache each time cost more than the pages it kept (they come back from the
+/// operating system's cache).
+const READER_CACHE_KIB: i64 = 2_048;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -109,9 +113,14 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     connection.set_prepared_statement_cache_capacity(sql::STATEMENT_CACHE_CAPACITY);
     // Group commit runs each command in a savepoint, whose statement journal would otherwise
     // be a temporary file written on every change.
+    let cache_kib = if read_only {
+        READER_CACHE_KIB
+    } else {
+        WRITER_CACHE_KIB
+    };
     connection.execute_batch(&format!(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; \
-         PRAGMA cache_size = -{CACHE_SIZE_KIB};"
+         PRAGMA cache_size = -{cache_kib};"
     ))?;
     if !read_only {
         let mode: String =
