@@ -209,6 +209,7 @@ impl From<StoreError> for ApiError {
             | StoreError::Migrate(_)
             | StoreError::Corrupt(_)
             | StoreError::UnsupportedUrl(_)
+            | StoreError::Thread(_)
             | StoreError::DataDirectory { .. } => ApiError::Internal(error.to_string()),
         }
     }

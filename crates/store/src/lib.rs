@@ -64,6 +64,8 @@ pub enum StoreError {
     CommitFailed(String),
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    #[error("cannot start a thread of the store: {0}")]
+    Thread(std::io::Error),
     #[error("cannot create the data directory {path}: {source}")]
     DataDirectory {
         path: String,

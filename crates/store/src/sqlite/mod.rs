@@ -11,6 +11,7 @@
 //! Statements run on the calling thread (see [`sql`]): they take microseconds, and only a
 //! group's commit, which waits for the disk, steps aside from the async runtime.
 
+mod checkpoint;
 mod group;
 mod lease;
 mod sql;
@@ -46,6 +47,8 @@ const READER_CACHE_KIB: i64 = 2_048;
 pub struct SqliteStore {
     writer: group::Writer,
     readers: Arc<Readers>,
+    /// Keeps the checkpoint thread running while any clone of the store is alive.
+    _checkpointer: Arc<checkpoint::Checkpointer>,
     partitions: u32,
     /// Partition leases held by this process.
     leases: lease::Held,
@@ -77,6 +80,12 @@ impl SqliteStore {
         sqlx::Connection::close(migrating).await?;
 
         let writer = open(&path, false)?;
+        writer.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_CHECKPOINT_PAGES,
+        )?;
+        let checkpointer = checkpoint::Checkpointer::start(path.clone())?;
         let partitions: i64 =
             sql::query("SELECT partitions FROM log_head WHERE id = 1").fetch_scalar(&writer)?;
         let partitions =
@@ -88,6 +97,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
                 idle_max: usize::try_from(options.connections_max.max(1)).unwrap_or(usize::MAX),
             }),
+            _checkpointer: Arc::new(checkpointer),
             partitions,
             leases: lease::Held::default(),
         })

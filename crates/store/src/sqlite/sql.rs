@@ -73,6 +73,11 @@ impl<'q> Query<'q> {
 
     /// Runs the statement and returns every row.
     pub(super) fn fetch_all(self, connection: &Connection) -> Result<Vec<Row>, StoreError> {
+        self.fetch_up_to(connection, usize::MAX)
+    }
+
+    /// Runs the statement and returns its first `count` rows.
+    fn fetch_up_to(self, connection: &Connection, count: usize) -> Result<Vec<Row>, StoreError> {
         let (mut statement, arguments) = self.prepare(connection)?;
         let columns: std::sync::Arc<[String]> = statement
             .column_names()
@@ -81,7 +86,9 @@ impl<'q> Query<'q> {
             .collect();
         let mut rows = statement.query(params_from_iter(arguments.iter()))?;
         let mut all = Vec::new();
-        while let Some(row) = rows.next()? {
+        while all.len() < count
+            && let Some(row) = rows.next()?
+        {
             let values = (0..columns.len())
                 .map(|index| row.get::<_, Value>(index))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -95,7 +102,7 @@ impl<'q> Query<'q> {
 
     /// Runs the statement and returns its first row, if any.
     pub(super) fn fetch_optional(self, connection: &Connection) -> Result<Option<Row>, StoreError> {
-        Ok(self.fetch_all(connection)?.into_iter().next())
+        Ok(self.fetch_up_to(connection, 1)?.into_iter().next())
     }
 
     /// Runs the statement and returns its first row, which must exist.
@@ -170,5 +177,90 @@ impl Row {
         T::column_result(value).map_err(|error| {
             StoreError::Corrupt(format!("column {}: {error}", self.columns[index]))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection() -> Connection {
+        let connection = Connection::open_in_memory().expect("open");
+        connection
+            .execute_batch("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, data BLOB)")
+            .expect("schema");
+        connection
+    }
+
+    #[test]
+    fn arguments_bind_in_order_and_columns_read_by_name_or_position() {
+        let connection = connection();
+        for (id, name) in [(1, "one"), (2, "two"), (3, "three")] {
+            let changed = query("INSERT INTO item (id, name, data) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(name)
+                .bind(&[7_u8, 8][..])
+                .execute(&connection)
+                .expect("insert");
+            assert_eq!(changed, 1);
+        }
+        let rows = query("SELECT id, name, data FROM item WHERE id >= ? ORDER BY id")
+            .bind(2)
+            .fetch_all(&connection)
+            .expect("select");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].try_get::<i64>("id").expect("id"), 2);
+        assert_eq!(rows[1].try_get::<String>(1).expect("name"), "three");
+        assert_eq!(
+            rows[1].try_get::<Vec<u8>>("DATA").expect("data"),
+            vec![7, 8]
+        );
+        let first: Option<String> = query("SELECT name FROM item ORDER BY id DESC")
+            .fetch_optional_scalar(&connection)
+            .expect("first");
+        assert_eq!(first.as_deref(), Some("three"));
+        let none: Option<i64> = query("SELECT id FROM item WHERE id = ?")
+            .bind(99)
+            .fetch_optional_scalar(&connection)
+            .expect("none");
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn a_missing_row_column_or_argument_is_an_error_not_a_null() {
+        let connection = connection();
+        let missing_row = query("SELECT id FROM item").fetch_scalar::<i64>(&connection);
+        assert!(matches!(
+            missing_row,
+            Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+        ));
+        query("INSERT INTO item (id, name) VALUES (1, NULL)")
+            .execute(&connection)
+            .expect("insert");
+        let row = query("SELECT id, name FROM item")
+            .fetch_one(&connection)
+            .expect("row");
+        assert!(matches!(
+            row.try_get::<i64>("nope"),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            row.try_get::<String>(5),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(row.try_get::<Option<String>>("name").expect("null"), None);
+        assert!(matches!(
+            row.try_get::<String>("name"),
+            Err(StoreError::Corrupt(_))
+        ));
+        // An integer SQLite cannot hold fails the statement rather than binding NULL.
+        let too_big = query("INSERT INTO item (id, name) VALUES (?, 'x')")
+            .bind(u64::MAX)
+            .execute(&connection);
+        assert!(matches!(too_big, Err(StoreError::Sqlite(_))), "{too_big:?}");
+        let stored: i64 = query("SELECT count(*) FROM item")
+            .fetch_scalar(&connection)
+            .expect("count");
+        assert_eq!(stored, 1);
     }
 }
