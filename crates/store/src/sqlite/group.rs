@@ -5,22 +5,25 @@
 //! log (about a millisecond or more), and with one writer that caps the store at some hundreds
 //! of commits a second however much CPU is idle. So a command's transaction is a *member*: a
 //! savepoint inside the writer's open SQLite transaction. Committing a member releases its
-//! savepoint and queues for the writer again, behind the commands that were waiting meanwhile;
-//! those join the same SQLite transaction, and the first member back at the head of the queue
-//! commits the whole group. Every member's commit returns only after the group's did, with its
+//! savepoint and waits for the group's outcome without holding the writer. The first member to
+//! commit into a group queues a *committer* for the writer, behind the commands that were
+//! waiting meanwhile; those join the same SQLite transaction, and when the committer reaches the
+//! head of the queue it commits the whole group and tells every member at once. The committer
+//! is a task of its own, so a caller that gives up waiting cannot leave a group uncommitted, and
+//! the writer passes from command to command once per command, not once more to hand out the
 //! outcome. Rolling a member back (or dropping it) undoes its savepoint alone.
 //!
 //! What a command relies on is unchanged: its writes are atomic, readers see them only after
 //! its commit returned, and a commit that returned is durable. A member sees the writes of the
 //! members before it in its group; it commits with them or fails with them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use std::time::Instant;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 use super::sql::Query;
 use crate::StoreError;
@@ -42,7 +45,12 @@ pub(crate) struct Writer {
 struct Group {
     connection: Connection,
     open: Option<Open>,
+    /// Numbers the SQLite transactions, so that a committer knows its own.
+    generation: u64,
 }
+
+/// What a group's commit came to: `None` until whoever ends the transaction sets it.
+type Outcome = Option<Result<(), String>>;
 
 /// The writer's open SQLite transaction.
 #[derive(Debug)]
@@ -52,8 +60,17 @@ struct Open {
     /// A member was dropped without ending: its savepoint must be rolled back before anything
     /// else runs in the transaction.
     abandoned: bool,
-    /// What the group's commit came to, set once by whoever ends the transaction.
-    outcome: Arc<OnceLock<Result<(), String>>>,
+    /// What the group's commit came to, sent once by whoever ends the transaction.
+    outcome: watch::Sender<Outcome>,
+    generation: u64,
+    /// A committer for this group is queued for the writer.
+    committer: bool,
+}
+
+impl Open {
+    fn end(self, outcome: Result<(), String>) {
+        self.outcome.send_replace(Some(outcome));
+    }
 }
 
 impl Writer {
@@ -62,6 +79,7 @@ impl Writer {
             group: Arc::new(Mutex::new(Group {
                 connection,
                 open: None,
+                generation: 0,
             })),
         }
     }
@@ -72,10 +90,13 @@ impl Writer {
         settle(&mut guard);
         if guard.open.is_none() {
             guard.connection.execute_batch("BEGIN")?;
+            guard.generation += 1;
             guard.open = Some(Open {
                 members: 0,
                 abandoned: false,
-                outcome: Arc::new(OnceLock::new()),
+                outcome: watch::Sender::new(None),
+                generation: guard.generation,
+                committer: false,
             });
         }
         if let Err(error) = guard
@@ -140,9 +161,26 @@ impl Member {
             return Err(StoreError::Corrupt("a member outlived its group".into()));
         };
         open.members += 1;
-        let outcome = Arc::clone(&open.outcome);
-        let full = open.members >= GROUP_COUNT_MAX;
-        await_group(Arc::clone(&self.group), guard, outcome, full).await
+        let outcome = open.outcome.subscribe();
+        if open.members >= GROUP_COUNT_MAX {
+            commit_group(&mut guard);
+        } else if !open.committer {
+            open.committer = true;
+            let (group, generation) = (Arc::clone(&self.group), open.generation);
+            tokio::spawn(async move {
+                // Queued behind the commands waiting now, which join the group meanwhile.
+                let mut guard = Held::lock(group).await;
+                if guard
+                    .open
+                    .as_ref()
+                    .is_some_and(|open| open.generation == generation)
+                {
+                    commit_group(&mut guard);
+                }
+            });
+        }
+        drop(guard);
+        outcome_of(outcome).await
     }
 
     /// Undoes this member's savepoint; the group goes on without it. What the member read may
@@ -160,8 +198,10 @@ impl Member {
         undo_abandoned(&mut guard);
         match guard.open.as_ref() {
             Some(open) if open.members > 0 => {
-                let outcome = Arc::clone(&open.outcome);
-                await_group(Arc::clone(&self.group), guard, outcome, false).await
+                // The members before it queued the group's committer.
+                let outcome = open.outcome.subscribe();
+                drop(guard);
+                outcome_of(outcome).await
             }
             _ => {
                 settle(&mut guard);
@@ -171,30 +211,14 @@ impl Member {
     }
 }
 
-/// Waits until the open group ends and returns its outcome: lets the commands queued
-/// meanwhile join (unless the group is `full`), then commits the group if nobody else has.
-async fn await_group(
-    group: Arc<Mutex<Group>>,
-    mut guard: Held,
-    outcome: Arc<OnceLock<Result<(), String>>>,
-    full: bool,
-) -> Result<(), StoreError> {
-    if !full {
-        // The commands queued meanwhile are ahead of us now, and join the group.
-        drop(guard);
-        guard = Held::lock(group).await;
-    }
-    if outcome.get().is_none() {
-        // Nobody ended the group since: it is still ours, and everyone queued before us
-        // is in it.
-        commit_group(&mut guard);
-    }
-    drop(guard);
-    match outcome.get() {
-        Some(Ok(())) => Ok(()),
-        Some(Err(error)) => Err(StoreError::CommitFailed(error.clone())),
-        None => Err(StoreError::Corrupt(
-            "a group ended without an outcome".into(),
+/// Waits until the group ends and returns its outcome.
+async fn outcome_of(mut outcome: watch::Receiver<Outcome>) -> Result<(), StoreError> {
+    let ended = outcome.wait_for(Option::is_some).await;
+    match ended.as_deref() {
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err(error))) => Err(StoreError::CommitFailed(error.clone())),
+        Ok(None) | Err(_) => Err(StoreError::CommitFailed(
+            "the group ended without an outcome".into(),
         )),
     }
 }
@@ -268,7 +292,7 @@ fn waiting_for_disk<R>(work: impl FnOnce() -> R) -> R {
 fn settle(group: &mut Group) {
     undo_abandoned(group);
     if let Some(open) = group.open.take_if(|open| open.members == 0) {
-        let _ = open.outcome.set(Ok(()));
+        open.end(Ok(()));
         if let Err(error) = group.connection.execute_batch("ROLLBACK") {
             tracing::warn!(%error, "an empty SQLite transaction did not roll back");
         }
@@ -310,7 +334,7 @@ fn commit_group(group: &mut Group) {
         // A refused COMMIT (a deferred constraint, a full disk) leaves the transaction open.
         end_transaction(&group.connection);
     }
-    let _ = open.outcome.set(outcome);
+    open.end(outcome);
 }
 
 /// Rolls the whole group back after its SQLite transaction broke; every member fails.
@@ -318,7 +342,7 @@ fn fail_group(group: &mut Group, error: &str) {
     let Some(open) = group.open.take() else {
         return;
     };
-    let _ = open.outcome.set(Err(error.to_owned()));
+    open.end(Err(error.to_owned()));
     end_transaction(&group.connection);
 }
 
