@@ -32,8 +32,20 @@ use crate::StoreError;
 /// group waits for the others and how much one failed commit takes down with it.
 pub const GROUP_COUNT_MAX: u32 = 256;
 
-/// The one savepoint name: members run one at a time, so one level is ever open.
-const SAVEPOINT: &str = "tally_member";
+/// The statements that frame members and groups. Members run one at a time, so one savepoint
+/// level is ever open, under one name.
+const BEGIN: &str = "BEGIN";
+const SAVEPOINT: &str = "SAVEPOINT tally_member";
+const RELEASE: &str = "RELEASE tally_member";
+const ROLLBACK_TO: &str = "ROLLBACK TO tally_member";
+const COMMIT: &str = "COMMIT";
+const ROLLBACK: &str = "ROLLBACK";
+
+/// Runs one of the framing statements, prepared once: they run several times per command.
+fn frame(connection: &Connection, statement: &str) -> Result<(), rusqlite::Error> {
+    connection.prepare_cached(statement)?.execute([])?;
+    Ok(())
+}
 
 /// The store's single writer connection, shared by group commit.
 #[derive(Debug, Clone)]
@@ -89,7 +101,7 @@ impl Writer {
         let mut guard = Held::lock(Arc::clone(&self.group)).await;
         settle(&mut guard);
         if guard.open.is_none() {
-            guard.connection.execute_batch("BEGIN")?;
+            frame(&guard.connection, BEGIN)?;
             guard.generation += 1;
             guard.open = Some(Open {
                 members: 0,
@@ -99,10 +111,7 @@ impl Writer {
                 committer: false,
             });
         }
-        if let Err(error) = guard
-            .connection
-            .execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))
-        {
+        if let Err(error) = frame(&guard.connection, SAVEPOINT) {
             // Nothing of this member exists yet; the group goes on without it.
             settle(&mut guard);
             return Err(error.into());
@@ -149,10 +158,7 @@ impl Member {
         if guard.open.is_none() {
             return Err(StoreError::Corrupt("a member outlived its group".into()));
         }
-        if let Err(error) = guard
-            .connection
-            .execute_batch(&format!("RELEASE {SAVEPOINT}"))
-        {
+        if let Err(error) = frame(&guard.connection, RELEASE) {
             // Only a dead SQLite transaction refuses to release a savepoint.
             fail_group(&mut guard, &error.to_string());
             return Err(error.into());
@@ -293,7 +299,7 @@ fn settle(group: &mut Group) {
     undo_abandoned(group);
     if let Some(open) = group.open.take_if(|open| open.members == 0) {
         open.end(Ok(()));
-        if let Err(error) = group.connection.execute_batch("ROLLBACK") {
+        if let Err(error) = frame(&group.connection, ROLLBACK) {
             tracing::warn!(%error, "an empty SQLite transaction did not roll back");
         }
     }
@@ -304,9 +310,8 @@ fn undo_abandoned(group: &mut Group) {
     if !group.open.as_ref().is_some_and(|open| open.abandoned) {
         return;
     }
-    let undone = group
-        .connection
-        .execute_batch(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"));
+    let undone =
+        frame(&group.connection, ROLLBACK_TO).and_then(|()| frame(&group.connection, RELEASE));
     match undone {
         Ok(()) => {
             if let Some(open) = group.open.as_mut() {
@@ -324,8 +329,8 @@ fn commit_group(group: &mut Group) {
         return;
     };
     let started = Instant::now();
-    let outcome = waiting_for_disk(|| group.connection.execute_batch("COMMIT"))
-        .map_err(|error| error.to_string());
+    let outcome =
+        waiting_for_disk(|| frame(&group.connection, COMMIT)).map_err(|error| error.to_string());
     metrics::histogram!("tally_sqlite_group_commit_seconds")
         .record(started.elapsed().as_secs_f64());
     metrics::histogram!("tally_sqlite_group_members").record(f64::from(open.members));
@@ -349,7 +354,7 @@ fn fail_group(group: &mut Group, error: &str) {
 /// Rolls back whatever transaction is still open on the writer.
 fn end_transaction(connection: &Connection) {
     if !connection.is_autocommit()
-        && let Err(error) = connection.execute_batch("ROLLBACK")
+        && let Err(error) = frame(connection, ROLLBACK)
     {
         tracing::warn!(%error, "a broken SQLite transaction did not roll back");
     }

@@ -355,52 +355,61 @@ impl Store for SqliteStore {
     }
 
     async fn seal_audit(&self, limit: u32) -> Result<u64, StoreError> {
-        let tx = self.writer.begin().await?;
-        let rows = sql::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(tx.connection()?)?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        let unsealed = rows
-            .iter()
-            .map(|row| {
-                Ok(crate::audit::Unsealed {
-                    seq: row.try_get("seq")?,
-                    tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    body: {
-                        let b: String = row.try_get("body")?;
-                        serde_json::from_str::<serde_json::Value>(&b)
-                            .map_err(|e| corrupt("body", e))?
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut heads = std::collections::HashMap::new();
-        for tenant in unsealed
-            .iter()
-            .map(|u| u.tenant)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let head = sql::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
-                .bind(tenant.as_uuid())
-                .fetch_optional(tx.connection()?)?;
-            if let Some(head) = head {
-                let hash: Vec<u8> = head.try_get("hash")?;
-                let hash = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
-                heads.insert(
-                    tenant,
-                    tally_audit::ChainHead {
-                        sequence: head.try_get("sequence")?,
-                        hash,
-                    },
-                );
+        // The chain is computed from committed rows on a reader, away from the writer: parsing,
+        // canonicalizing and hashing a batch took the writer for milliseconds. The writer then
+        // only stores the result, after checking that no other sealer moved a head meanwhile.
+        let (unsealed, heads) = {
+            let reader = self.reader()?;
+            let rows = sql::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
+                .bind(i64::from(limit))
+                .fetch_all(&reader)?;
+            if rows.is_empty() {
+                return Ok(0);
             }
-        }
+            let unsealed = rows
+                .iter()
+                .map(|row| {
+                    Ok(crate::audit::Unsealed {
+                        seq: row.try_get("seq")?,
+                        tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
+                        body: {
+                            let b: String = row.try_get("body")?;
+                            serde_json::from_str::<serde_json::Value>(&b)
+                                .map_err(|e| corrupt("body", e))?
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut heads = std::collections::HashMap::new();
+            for tenant in unsealed
+                .iter()
+                .map(|u| u.tenant)
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                if let Some(head) = audit_head(&reader, tenant)? {
+                    heads.insert(tenant, head);
+                }
+            }
+            (unsealed, heads)
+        };
+        let before = heads.clone();
         let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
+        let tx = self.writer.begin().await?;
+        for (tenant, head) in &heads {
+            let current = audit_head(tx.connection()?, *tenant)?;
+            if current.map(|h| h.sequence) != before.get(tenant).map(|h| h.sequence) {
+                // Another sealer got there first; the next pass starts from its heads.
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            sql::query(
+                "INSERT INTO audit_heads (tenant_id, sequence, hash) VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
+            )
+            .bind(tenant.as_uuid())
+            .bind(head.sequence)
+            .bind(&head.hash[..])
+            .execute(tx.connection()?)?;
+        }
         for (seq, record) in &sealed {
             sql::query(
                 "UPDATE audit_records SET sequence = ?, prev_hash = ?, hash = ? WHERE seq = ?",
@@ -409,15 +418,6 @@ impl Store for SqliteStore {
             .bind(&record.prev_hash[..])
             .bind(&record.hash[..])
             .bind(seq)
-            .execute(tx.connection()?)?;
-        }
-        for (tenant, head) in &heads {
-            sql::query(
-                "INSERT INTO audit_heads (tenant_id, sequence, hash) VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",
-            )
-            .bind(tenant.as_uuid())
-            .bind(head.sequence)
-            .bind(&head.hash[..])
             .execute(tx.connection()?)?;
         }
         tx.commit().await?;
@@ -447,20 +447,7 @@ impl Store for SqliteStore {
                 )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let head = sql::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
-            .bind(tenant.as_uuid())
-            .fetch_optional(&*self.reader()?)?
-            .map(|row| -> Result<tally_audit::ChainHead, StoreError> {
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let hash = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
-                Ok(tally_audit::ChainHead {
-                    sequence: row.try_get("sequence")?,
-                    hash,
-                })
-            })
-            .transpose()?;
+        let head = audit_head(&*self.reader()?, tenant)?;
         let unsealed: i64 = sql::query(
             "SELECT count(*) FROM audit_records WHERE tenant_id = ? AND sequence IS NULL",
         )
@@ -813,4 +800,25 @@ fn dead_letter(row: &Row) -> Result<DeadLetterRecord, StoreError> {
         created_at: from_micros(row.try_get("created_at")?)?,
         updated_at: from_micros(row.try_get("updated_at")?)?,
     })
+}
+
+/// A tenant's audit chain head, if it has sealed anything.
+fn audit_head(
+    connection: &rusqlite::Connection,
+    tenant: TenantId,
+) -> Result<Option<tally_audit::ChainHead>, StoreError> {
+    let Some(head) = sql::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = ?")
+        .bind(tenant.as_uuid())
+        .fetch_optional(connection)?
+    else {
+        return Ok(None);
+    };
+    let hash: Vec<u8> = head.try_get("hash")?;
+    let hash = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
+    Ok(Some(tally_audit::ChainHead {
+        sequence: head.try_get("sequence")?,
+        hash,
+    }))
 }
