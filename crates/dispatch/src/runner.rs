@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
@@ -24,6 +24,11 @@ pub const LANES_IN_FLIGHT_MAX: usize = 32;
 pub const GROUP_LANES_IN_FLIGHT_MAX: usize = 64;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often a busy partition stores its offset. The inbox, checked before every event, is
+/// what keeps effects exactly once; the offset only saves re-reading, so after a crash up to
+/// this much of the log is read again and skipped. Storing it after every batch cost a commit
+/// per batch per partition and group, more than the effects themselves at low load.
+pub const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the group looks for dead letters an operator asked to retry.
 pub const RETRY_POLL: Duration = Duration::from_millis(500);
 /// How often the group reports its lag.
@@ -113,38 +118,60 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) {
         let group = self.handler.group();
+        let mut cursor: Option<Cursor> = None;
         while !shutdown.is_cancelled() {
-            let wait = match self.consume_batch(partition, &shutdown).await {
+            let wait = match self.consume_batch(partition, &mut cursor, &shutdown).await {
                 Ok(0) => IDLE_POLL,
                 Ok(_) => continue,
                 Err(error) => {
                     tracing::warn!(group, partition, %error, "consumer could not read the log; retrying");
+                    // Read the stored offset again: what this loop knew may be stale now.
+                    cursor = None;
                     STORE_ERROR_BACKOFF
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = logged.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        if let Some(cursor) = cursor.as_mut()
+            && let Err(error) = self.store_offset(partition, cursor).await
+        {
+            tracing::warn!(group, partition, %error, "consumer could not store its offset at shutdown");
+        }
     }
 
     /// Applies the next batch of one partition; returns how many events it read. The batch's
-    /// lanes (one per partition key) run concurrently; the offset moves past the batch only
-    /// once all of them finished, and not at all when `shutdown` stopped them half-way.
+    /// lanes (one per partition key) run concurrently; the cursor moves past the batch only
+    /// once all of them finished, and not at all when `shutdown` stopped them half-way. The
+    /// offset is stored at most every [`OFFSET_COMMIT_INTERVAL`], and when the partition runs
+    /// dry.
     async fn consume_batch(
         &self,
         partition: u32,
+        cursor: &mut Option<Cursor>,
         shutdown: &CancellationToken,
     ) -> Result<usize, StoreError> {
         let group = self.handler.group();
-        let offset = self.store.consumer_offset(group, partition).await?;
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => {
+                let stored = self.store.consumer_offset(group, partition).await?;
+                cursor.insert(Cursor {
+                    applied: stored,
+                    stored,
+                    stored_at: Instant::now(),
+                })
+            }
+        };
         let events = self
             .store
-            .read_log(Some(partition), offset, BATCH_COUNT_MAX)
+            .read_log(Some(partition), cursor.applied, BATCH_COUNT_MAX)
             .await?;
         let Some(last) = events.last().map(|event| event.position) else {
+            self.store_offset(partition, cursor).await?;
             return Ok(0);
         };
         let count = events.len();
@@ -152,10 +179,29 @@ impl Dispatcher {
         if shutdown.is_cancelled() {
             return Ok(count);
         }
-        self.store
-            .commit_consumer_offset(group, partition, last, self.clock.now())
-            .await?;
+        cursor.applied = last;
+        if cursor.stored_at.elapsed() >= OFFSET_COMMIT_INTERVAL {
+            self.store_offset(partition, cursor).await?;
+        }
         Ok(count)
+    }
+
+    /// Stores the partition's offset if it moved since it was last stored.
+    async fn store_offset(&self, partition: u32, cursor: &mut Cursor) -> Result<(), StoreError> {
+        if cursor.applied == cursor.stored {
+            return Ok(());
+        }
+        self.store
+            .commit_consumer_offset(
+                self.handler.group(),
+                partition,
+                cursor.applied,
+                self.clock.now(),
+            )
+            .await?;
+        cursor.stored = cursor.applied;
+        cursor.stored_at = Instant::now();
+        Ok(())
     }
 
     /// Applies a batch of one partition: the events the group wants, split into lanes by
@@ -324,6 +370,16 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Where a partition loop stands in its partition.
+#[derive(Debug)]
+struct Cursor {
+    /// The position of the last event applied (or skipped) by this loop.
+    applied: i64,
+    /// The offset as last stored, and when.
+    stored: i64,
+    stored_at: Instant,
 }
 
 /// Splits a batch into lanes, one per partition key, each in position order; lanes are in the
