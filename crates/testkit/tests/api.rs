@@ -17,6 +17,7 @@ use uuid::Uuid;
 tally_testkit::store_tests!(
     product_and_stock_happy_path,
     order_happy_path,
+    order_reads_agree_with_their_timeline,
     products_refuse_bad_envelopes,
     adjustments_refuse_bad_envelopes,
     orders_refuse_bad_envelopes,
@@ -289,6 +290,64 @@ async fn order_happy_path(engine: Engine) {
     assert_eq!(id_of(&json_of(retried, 201).await), id);
     assert_eq!(listed_ids(&app, &[]).await, [id]);
     app.stop().await;
+}
+
+/// Orders read while the saga moves them on, many times a step: every answer's status is the
+/// one its timeline's last event leads to, never a status ahead of or behind its timeline.
+async fn order_reads_agree_with_their_timeline(engine: Engine) {
+    const ORDERS_COUNT: usize = 8;
+    let app = Arc::new(spawn_app(engine).await);
+    app.create_product("Mugs", &[("MUG-1", 1200)]).await;
+    let stocked = app.adjust(&fresh_key(), "MUG-1", "east", 100).await;
+    assert_eq!(stocked.status(), 200);
+    let readers = (0..ORDERS_COUNT).map(|i| {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let body = order_body(&format!("cust-{i}"), &[("MUG-1", 1)]);
+            let placed = json_of(send(app.post(ORDERS, &fresh_key(), &body)).await, 201).await;
+            let location = format!("{ORDERS}/{}", id_of(&placed));
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut reads = 0;
+            loop {
+                let order = ok(app.get(&location), 200).await;
+                reads += 1;
+                let status = order["status"].as_str().expect("a status").to_owned();
+                let last = order["timeline"]
+                    .as_array()
+                    .and_then(|t| t.last())
+                    .and_then(|e| e["type"].as_str())
+                    .expect("a timeline")
+                    .to_owned();
+                assert_eq!(status_after(&last), status, "read {reads}: {order}");
+                if status == "completed" {
+                    return reads;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the order did not complete: {order}"
+                );
+            }
+        })
+    });
+    for reader in futures::future::join_all(readers).await {
+        let reads = reader.expect("reader task");
+        assert!(reads > 1, "the order was read while it moved");
+    }
+}
+
+/// The status an order has right after an event of this type on the happy path.
+fn status_after(event_type: &str) -> &'static str {
+    match event_type {
+        "tally.order.placed.v1" => "placed",
+        "tally.order.stock_reserved.v1" => "reserved",
+        "tally.order.payment_authorized.v1" => "authorized",
+        "tally.order.payment_captured.v1" => "captured",
+        "tally.order.fulfillment_requested.v1" => "fulfillment_requested",
+        "tally.order.shipped.v1" => "shipped",
+        "tally.order.delivered.v1" => "delivered",
+        "tally.order.completed.v1" => "completed",
+        other => panic!("an event off the happy path: {other}"),
+    }
 }
 
 /// One POST endpoint with a valid body, the scope its keys need but `wrong_scope` lacks, and
