@@ -124,9 +124,10 @@ impl Dispatcher {
                 Ok(0) => IDLE_POLL,
                 Ok(_) => continue,
                 Err(error) => {
+                    // The cursor stays: it moves only past batches that were applied, and the
+                    // stored offset may be behind it (events dead-lettered in between have no
+                    // inbox row to skip them by).
                     tracing::warn!(group, partition, %error, "consumer could not read the log; retrying");
-                    // Read the stored offset again: what this loop knew may be stale now.
-                    cursor = None;
                     STORE_ERROR_BACKOFF
                 }
             };

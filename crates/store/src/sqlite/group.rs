@@ -41,6 +41,9 @@ const ROLLBACK_TO: &str = "ROLLBACK TO tally_member";
 const COMMIT: &str = "COMMIT";
 const ROLLBACK: &str = "ROLLBACK";
 
+/// What a member's commit fails with when SQLite itself ended the group's transaction.
+const TRANSACTION_LOST: &str = "SQLite rolled back the whole transaction after an error";
+
 /// Runs one of the framing statements, prepared once: they run several times per command.
 fn frame(connection: &Connection, statement: &str) -> Result<(), rusqlite::Error> {
     connection.prepare_cached(statement)?.execute([])?;
@@ -101,6 +104,8 @@ impl Writer {
         let mut guard = Held::lock(Arc::clone(&self.group)).await;
         settle(&mut guard);
         if guard.open.is_none() {
+            // A rollback that failed earlier may have left SQLite inside a transaction.
+            end_transaction(&guard.connection);
             frame(&guard.connection, BEGIN)?;
             guard.generation += 1;
             guard.open = Some(Open {
@@ -143,11 +148,17 @@ pub(crate) struct Member {
 impl Member {
     /// The writer connection, inside this member's savepoint.
     pub(crate) fn connection(&self) -> Result<&Connection, StoreError> {
-        self.guard
+        let guard = self
+            .guard
             .as_ref()
             .filter(|guard| guard.open.is_some())
-            .map(|guard| &guard.connection)
-            .ok_or_else(|| StoreError::Corrupt("a transaction was used after it ended".into()))
+            .ok_or_else(|| StoreError::Corrupt("a transaction was used after it ended".into()))?;
+        if guard.connection.is_autocommit() {
+            // SQLite ended the whole transaction (a full disk, an I/O error, `OR ROLLBACK`):
+            // a statement now would commit on its own, outside the group.
+            return Err(StoreError::CommitFailed(TRANSACTION_LOST.into()));
+        }
+        Ok(&guard.connection)
     }
 
     /// Releases the savepoint into the group and returns once the group committed.
@@ -157,6 +168,10 @@ impl Member {
         };
         if guard.open.is_none() {
             return Err(StoreError::Corrupt("a member outlived its group".into()));
+        }
+        if guard.connection.is_autocommit() {
+            fail_group(&mut guard, TRANSACTION_LOST);
+            return Err(StoreError::CommitFailed(TRANSACTION_LOST.into()));
         }
         if let Err(error) = frame(&guard.connection, RELEASE) {
             // Only a dead SQLite transaction refuses to release a savepoint.
@@ -198,18 +213,27 @@ impl Member {
         let Some(mut guard) = self.guard.take() else {
             return Ok(());
         };
+        // With members before it in the group, its answer may rest on their writes: it waits
+        // for the group's outcome, which their committer (queued already) delivers, or which
+        // undoing this savepoint delivers at once if the SQLite transaction broke.
+        let outcome = guard
+            .open
+            .as_ref()
+            .filter(|open| open.members > 0)
+            .map(|open| open.outcome.subscribe());
+        if guard.connection.is_autocommit() {
+            fail_group(&mut guard, TRANSACTION_LOST);
+        }
         if let Some(open) = guard.open.as_mut() {
             open.abandoned = true;
         }
         undo_abandoned(&mut guard);
-        match guard.open.as_ref() {
-            Some(open) if open.members > 0 => {
-                // The members before it queued the group's committer.
-                let outcome = open.outcome.subscribe();
+        match outcome {
+            Some(outcome) => {
                 drop(guard);
                 outcome_of(outcome).await
             }
-            _ => {
+            None => {
                 settle(&mut guard);
                 Ok(())
             }
@@ -429,6 +453,52 @@ mod tests {
         // Nothing of the group is stored, and the writer works again.
         let third = writer.begin().await.expect("begin");
         assert_eq!(count(&third), 0);
+        third.commit().await.expect("commit");
+    }
+
+    /// When SQLite itself ends the group's transaction (here `INSERT OR ROLLBACK`; a full disk or
+    /// an I/O error does the same), the member that hit it can run nothing more outside the
+    /// group, its rollback fails with the group, the member before it fails too, and nothing is
+    /// stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_sqlite_ended_fails_its_whole_group() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir);
+        let first = writer.begin().await.expect("begin");
+        sql::query("INSERT INTO parent (id) VALUES (1)")
+            .execute(first.connection().expect("connection"))
+            .expect("insert");
+        let second = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                let second = writer.begin().await.expect("begin");
+                let conflict = sql::query("INSERT OR ROLLBACK INTO parent (id) VALUES (1)")
+                    .execute(second.connection().expect("connection"));
+                assert!(conflict.is_err(), "the duplicate key is refused");
+                let after = second.connection().map(|_| ());
+                assert!(
+                    matches!(after, Err(StoreError::CommitFailed(_))),
+                    "no statement runs outside the group: {after:?}"
+                );
+                second.rollback().await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let committed = first.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::CommitFailed(_))),
+            "the member before it fails: {committed:?}"
+        );
+        let rolled_back = second.await.expect("task");
+        assert!(
+            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
+            "its rollback fails with the group: {rolled_back:?}"
+        );
+        let third = writer.begin().await.expect("begin");
+        let parents: i64 = sql::query("SELECT count(*) FROM parent")
+            .fetch_scalar(third.connection().expect("connection"))
+            .expect("read");
+        assert_eq!(parents, 0, "nothing of the group is stored");
         third.commit().await.expect("commit");
     }
 

@@ -162,8 +162,9 @@ impl Readers {
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         let connection = match idle {
-            Some(connection) => connection,
-            None => open(&self.path, true)?,
+            // A read transaction left open would pin an old snapshot for every later call.
+            Some(connection) if connection.is_autocommit() => connection,
+            Some(_) | None => open(&self.path, true)?,
         };
         Ok(Reader {
             readers: self,

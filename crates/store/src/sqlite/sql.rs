@@ -90,8 +90,8 @@ impl<'q> Query<'q> {
             && let Some(row) = rows.next()?
         {
             let values = (0..columns.len())
-                .map(|index| row.get::<_, Value>(index))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|index| owned(row.get_ref(index)?))
+                .collect::<Result<Vec<_>, StoreError>>()?;
             all.push(Row {
                 columns: std::sync::Arc::clone(&columns),
                 values,
@@ -136,6 +136,22 @@ impl<'q> Query<'q> {
             .map(|row| row.try_get(0))
             .collect()
     }
+}
+
+/// A column's value, copied out of the statement. Text that is not UTF-8 (written by something
+/// other than Tally) is an error, not a panic.
+fn owned(value: ValueRef<'_>) -> Result<Value, StoreError> {
+    Ok(match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(integer) => Value::Integer(integer),
+        ValueRef::Real(real) => Value::Real(real),
+        ValueRef::Text(text) => Value::Text(
+            std::str::from_utf8(text)
+                .map_err(|e| StoreError::Corrupt(format!("stored text is not UTF-8: {e}")))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(blob) => Value::Blob(blob.to_vec()),
+    })
 }
 
 /// One result row, owned.
@@ -262,5 +278,11 @@ mod tests {
             .fetch_scalar(&connection)
             .expect("count");
         assert_eq!(stored, 1);
+        // Text that is not UTF-8, written behind Tally's back, reads as corrupt data.
+        query("INSERT INTO item (id, name) VALUES (2, CAST(x'ff' AS TEXT))")
+            .execute(&connection)
+            .expect("insert");
+        let bad = query("SELECT name FROM item WHERE id = 2").fetch_all(&connection);
+        assert!(matches!(bad, Err(StoreError::Corrupt(_))), "{bad:?}");
     }
 }

@@ -358,14 +358,12 @@ impl Store for SqliteStore {
         // The chain is computed from committed rows on a reader, away from the writer: parsing,
         // canonicalizing and hashing a batch took the writer for milliseconds. The writer then
         // only stores the result, after checking that no other sealer moved a head meanwhile.
-        let (unsealed, heads) = {
-            let reader = self.reader()?;
+        // Rows and heads from one snapshot, so that the heads are those the rows follow.
+        let reader = self.reader()?;
+        let read = read_snapshot(&reader, |reader| {
             let rows = sql::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
                 .bind(i64::from(limit))
-                .fetch_all(&reader)?;
-            if rows.is_empty() {
-                return Ok(0);
-            }
+                .fetch_all(reader)?;
             let unsealed = rows
                 .iter()
                 .map(|row| {
@@ -386,12 +384,17 @@ impl Store for SqliteStore {
                 .map(|u| u.tenant)
                 .collect::<std::collections::BTreeSet<_>>()
             {
-                if let Some(head) = audit_head(&reader, tenant)? {
+                if let Some(head) = audit_head(reader, tenant)? {
                     heads.insert(tenant, head);
                 }
             }
-            (unsealed, heads)
-        };
+            Ok((unsealed, heads))
+        });
+        drop(reader);
+        let (unsealed, heads) = read?;
+        if unsealed.is_empty() {
+            return Ok(0);
+        }
         let before = heads.clone();
         let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
         let tx = self.writer.begin().await?;
@@ -411,14 +414,19 @@ impl Store for SqliteStore {
             .execute(tx.connection()?)?;
         }
         for (seq, record) in &sealed {
-            sql::query(
-                "UPDATE audit_records SET sequence = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            let changed = sql::query(
+                "UPDATE audit_records SET sequence = ?, prev_hash = ?, hash = ? WHERE seq = ? AND sequence IS NULL",
             )
             .bind(record.sequence)
             .bind(&record.prev_hash[..])
             .bind(&record.hash[..])
             .bind(seq)
             .execute(tx.connection()?)?;
+            if changed != 1 {
+                // Sealed by another sealer since it was read; the next pass starts afresh.
+                tx.rollback().await?;
+                return Ok(0);
+            }
         }
         tx.commit().await?;
         Ok(sealed.len() as u64)
@@ -821,4 +829,17 @@ fn audit_head(
         sequence: head.try_get("sequence")?,
         hash,
     }))
+}
+
+/// Runs `read` inside one read transaction, so that its statements see one snapshot.
+fn read_snapshot<R>(
+    connection: &rusqlite::Connection,
+    read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    connection.execute_batch("BEGIN")?;
+    let result = read(connection);
+    let ended = connection.execute_batch("COMMIT");
+    let value = result?;
+    ended?;
+    Ok(value)
 }
