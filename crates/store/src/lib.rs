@@ -37,6 +37,10 @@ pub use lease::Lease;
 pub use records::*;
 pub use tx::Tx;
 
+/// The status of a dead letter an operator gave up on for good. Discarding one also records
+/// its event in the group's inbox, so that reading the log again never applies it.
+pub const DISCARDED: &str = "discarded";
+
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

@@ -92,6 +92,8 @@ pub trait Tx: Send {
         event: EventId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Parks an event as a dead letter of its group, or updates the group's letter for it; a
+    /// letter an operator discarded stays as it is.
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError>;
     /// Records a partner webhook delivery; `false` when it was applied before.
     async fn insert_webhook_delivery(

@@ -745,11 +745,26 @@ async fn dead_letters_are_listed_by_status(engine: Engine) {
     let (_, other) = app.other_tenant(&Scope::ALL).await;
     assert!(listed_letters(&app, &other, "").await.is_empty());
 
+    let letter = app
+        .store()
+        .dead_letter(app.tenant, id)
+        .await
+        .expect("read")
+        .expect("the letter");
+    let settled = || app.store().inbox_contains(&letter.group, letter.event_id);
+    assert!(
+        !settled().await.expect("inbox"),
+        "an open letter's event is not applied"
+    );
     let discard = format!("/v1/dead-letters/{id}/discard");
     ok(bare_post(&app, &key, &discard), 202).await;
     assert_eq!(
         listed_letters(&app, &key, "?status=discarded").await,
         [id.to_string()]
+    );
+    assert!(
+        settled().await.expect("inbox"),
+        "a discarded event is settled for its group, so reading the log again skips it"
     );
     assert!(listed_letters(&app, &key, "?status=open").await.is_empty());
     app.stop().await;

@@ -165,5 +165,5 @@ pub async fn discard(
     AdminKey(principal): AdminKey,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeadLetter>), ApiError> {
-    transition(&state, &principal, &id, &["open"], "discarded").await
+    transition(&state, &principal, &id, &["open"], tally_store::DISCARDED).await
 }

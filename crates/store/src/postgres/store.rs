@@ -761,17 +761,24 @@ impl Store for PgStore {
         to: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE dead_letters SET status = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4 AND status = $5",
+        // A discarded event is settled for its group in the same statement: its inbox row makes
+        // a re-delivery (the log read again after a crash) skip it rather than apply it.
+        let moved: i64 = sqlx::query_scalar(
+            "WITH moved AS (UPDATE dead_letters SET status = $1, updated_at = $2 \
+             WHERE tenant_id = $3 AND id = $4 AND status = $5 RETURNING group_name, event_id), \
+             settled AS (INSERT INTO inbox (group_name, event_id, applied_at) \
+             SELECT group_name, event_id, $2 FROM moved WHERE $1 = $6 ON CONFLICT DO NOTHING) \
+             SELECT count(*) FROM moved",
         )
         .bind(to)
         .bind(now)
         .bind(tenant.as_uuid())
         .bind(id)
         .bind(from)
-        .execute(&self.pool)
+        .bind(crate::DISCARDED)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(moved == 1)
     }
 
     async fn dead_letters_to_retry(

@@ -325,7 +325,8 @@ impl Tx for PgTx {
             "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
-             status = excluded.status, updated_at = excluded.updated_at",
+             status = excluded.status, updated_at = excluded.updated_at \
+             WHERE dead_letters.status <> 'discarded'",
         )
         .bind(letter.id)
         .bind(letter.tenant_id.as_uuid())

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::records::*;
-use crate::{Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
+use crate::{DISCARDED, Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -703,7 +703,8 @@ impl Store for SqliteStore {
         to: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = self.writer.execute(sql::query(
+        let tx = self.writer.begin().await?;
+        let moved = sql::query(
             "UPDATE dead_letters SET status = ?, updated_at = ? WHERE tenant_id = ? AND id = ? AND status = ?",
         )
         .bind(to)
@@ -711,9 +712,22 @@ impl Store for SqliteStore {
         .bind(tenant.as_uuid())
         .bind(id)
         .bind(from)
-        )
-        .await?;
-        Ok(done == 1)
+        .execute(tx.connection()?)?;
+        if moved == 1 && to == DISCARDED {
+            // The group is done with a discarded event: its inbox says so, and a re-delivery
+            // (the log read again after a crash) skips it rather than applying it after all.
+            sql::query(
+                "INSERT INTO inbox (group_name, event_id, applied_at) \
+                 SELECT group_name, event_id, ? FROM dead_letters WHERE tenant_id = ? AND id = ? \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(to_micros(now))
+            .bind(tenant.as_uuid())
+            .bind(id)
+            .execute(tx.connection()?)?;
+        }
+        tx.commit().await?;
+        Ok(moved == 1)
     }
 
     async fn dead_letters_to_retry(

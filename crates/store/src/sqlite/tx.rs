@@ -274,7 +274,8 @@ impl Tx for SqliteTx {
             "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
-             status = excluded.status, updated_at = excluded.updated_at",
+             status = excluded.status, updated_at = excluded.updated_at \
+             WHERE dead_letters.status <> 'discarded'",
         )
         .bind(letter.id)
         .bind(letter.tenant_id.as_uuid())
