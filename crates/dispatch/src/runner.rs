@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tally_domain::clock::Clock;
-use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError};
+use tally_store::{DeadLetterRecord, Engine, LogEvent, Store, StoreError};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +18,16 @@ use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, Origin, retry_delay};
 pub const BATCH_COUNT_MAX: u32 = 200;
 /// Lanes (partition keys) of one batch applied at once. Concurrent effects are what lets the
 /// store commit many of them together (group commit on SQLite, concurrent WAL flushes on
-/// PostgreSQL); more than this only queues on the store's connections.
-pub const LANES_IN_FLIGHT_MAX: usize = 32;
-/// Lanes applied at once by one group over all its partitions (see [`Dispatcher`]'s `lanes`).
+/// PostgreSQL); the group's own bound below is the tighter one.
+pub const LANES_IN_FLIGHT_MAX: usize = 128;
+/// Lanes applied at once by one group over all its partitions on PostgreSQL (see
+/// [`Dispatcher`]'s `lanes`): about what the connection pool serves, so that effects queue here
+/// rather than time out waiting for a connection.
 pub const GROUP_LANES_IN_FLIGHT_MAX: usize = 64;
+/// The same on SQLite, where effects queue for the one writer (in order, with no time-out) and
+/// each group commit carries more of them the more are under way: 64 gave 550 orders/s end to
+/// end on two cores, 256 gave 700, 512 no more.
+pub const SQLITE_GROUP_LANES_IN_FLIGHT_MAX: usize = 256;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How often a busy partition stores its offset. The inbox, checked before every event, is
@@ -58,12 +64,16 @@ impl Dispatcher {
         handler: Arc<dyn Handler>,
         logged: Arc<Notify>,
     ) -> Self {
+        let lanes_max = match store.engine() {
+            Engine::Sqlite => SQLITE_GROUP_LANES_IN_FLIGHT_MAX,
+            Engine::Postgres => GROUP_LANES_IN_FLIGHT_MAX,
+        };
         Self {
             store,
             clock,
             handler,
             logged,
-            lanes: Arc::new(Semaphore::new(GROUP_LANES_IN_FLIGHT_MAX)),
+            lanes: Arc::new(Semaphore::new(lanes_max)),
         }
     }
 
