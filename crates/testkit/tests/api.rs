@@ -18,6 +18,7 @@ tally_testkit::store_tests!(
     product_and_stock_happy_path,
     order_happy_path,
     order_reads_agree_with_their_timeline,
+    concurrent_sealers_keep_one_audit_chain,
     products_refuse_bad_envelopes,
     adjustments_refuse_bad_envelopes,
     orders_refuse_bad_envelopes,
@@ -333,6 +334,46 @@ async fn order_reads_agree_with_their_timeline(engine: Engine) {
         let reads = reader.expect("reader task");
         assert!(reads > 1, "the order was read while it moved");
     }
+}
+
+/// Audit records sealed by several sealers at once (the app's own loop among them) form one
+/// unbroken chain: each record sealed once, no sequence twice, every hash linking.
+async fn concurrent_sealers_keep_one_audit_chain(engine: Engine) {
+    const ADJUSTMENTS: usize = 120;
+    let app = Arc::new(spawn_app(engine).await);
+    app.create_product("Spoons", &[("SPOON-1", 300)]).await;
+    let writers = (0..4).map(|w| {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            for i in 0..ADJUSTMENTS / 4 {
+                let done = app
+                    .adjust(&format!("seal-{w}-{i}"), "SPOON-1", "east", 1)
+                    .await;
+                assert_eq!(done.status(), 200);
+            }
+        })
+    });
+    let sealers = (0..4).map(|_| {
+        let store = Arc::clone(app.store());
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                store.seal_audit(7).await.expect("seal");
+                tokio::task::yield_now().await;
+            }
+        })
+    });
+    for task in futures::future::join_all(writers.chain(sealers)).await {
+        task.expect("task");
+    }
+    while app.store().seal_audit(500).await.expect("seal") > 0 {}
+    let (violations, verified) = tally::checks::audit(app.store().as_ref())
+        .await
+        .expect("audit verify");
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(
+        verified > ADJUSTMENTS,
+        "every adjustment's record is in the chain: {verified}"
+    );
 }
 
 /// The status an order has right after an event of this type on the happy path.

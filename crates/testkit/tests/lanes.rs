@@ -119,13 +119,7 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
     );
 
     // The group again, as after a restart: its offsets and inbox say everything is done.
-    let again = Arc::new(Recorder::default());
-    run_until(&app, Arc::clone(&again), 0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        again.applied.lock().expect("recorder lock").is_empty(),
-        "nothing is applied twice after a restart"
-    );
+    assert_applies_nothing(&app, "nothing is applied twice after a restart").await;
 
     // Offsets are stored only now and then, so a crash can leave them anywhere behind what
     // was applied: rewound to the start, the group reads everything again and applies none of
@@ -137,13 +131,11 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
             .await
             .expect("rewind");
     }
-    let rewound = Arc::new(Recorder::default());
-    run_until(&app, Arc::clone(&rewound), 0).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        rewound.applied.lock().expect("recorder lock").is_empty(),
-        "nothing is applied twice when the offsets were behind"
-    );
+    assert_applies_nothing(
+        &app,
+        "nothing is applied twice when the offsets were behind",
+    )
+    .await;
     for partition in 0..store.log_partitions() {
         let head = store
             .read_log(Some(partition), 0, u32::MAX)
@@ -160,6 +152,17 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
             "partition {partition}: the offset caught up once the partition ran dry"
         );
     }
+}
+
+/// Runs the group once more over the same store and checks that it applied nothing.
+async fn assert_applies_nothing(app: &tally_testkit::TestApp, why: &str) {
+    let recorder = Arc::new(Recorder::default());
+    // `run_until` stops the group only after its partition loops had time to read everything.
+    run_until(app, Arc::clone(&recorder), 0).await;
+    assert!(
+        recorder.applied.lock().expect("recorder lock").is_empty(),
+        "{why}"
+    );
 }
 
 /// Runs the group until it applied `count` events (and a little longer for `0`).

@@ -78,8 +78,6 @@ struct Open {
     /// What the group's commit came to, sent once by whoever ends the transaction.
     outcome: watch::Sender<Outcome>,
     generation: u64,
-    /// A committer for this group is queued for the writer.
-    committer: bool,
 }
 
 impl Open {
@@ -113,7 +111,6 @@ impl Writer {
                 abandoned: false,
                 outcome: watch::Sender::new(None),
                 generation: guard.generation,
-                committer: false,
             });
         }
         if let Err(error) = frame(&guard.connection, SAVEPOINT) {
@@ -185,8 +182,8 @@ impl Member {
         let outcome = open.outcome.subscribe();
         if open.members >= GROUP_COUNT_MAX {
             commit_group(&mut guard);
-        } else if !open.committer {
-            open.committer = true;
+        } else if open.members == 1 {
+            // The first member in: it queues the group's committer.
             let (group, generation) = (Arc::clone(&self.group), open.generation);
             tokio::spawn(async move {
                 // Queued behind the commands waiting now, which join the group meanwhile.
@@ -410,6 +407,26 @@ mod tests {
             .expect("read")
     }
 
+    /// Lets `second` (spawned, about to queue for the writer) join `first`'s group, commits
+    /// `first`, and checks that the group's commit fails both: `first`'s commit and `second`'s
+    /// rollback.
+    async fn assert_both_fail(
+        first: Member,
+        second: tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let committed = first.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::CommitFailed(_))),
+            "the group's commit fails: {committed:?}"
+        );
+        let rolled_back = second.await.expect("task");
+        assert!(
+            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
+            "the member that read it fails too: {rolled_back:?}"
+        );
+    }
+
     /// A member that rolls back after reading the uncommitted write of a member before it in
     /// its group fails when the group's commit fails, as that member's commit does: an answer
     /// derived from writes that never became durable must not reach a client.
@@ -438,18 +455,7 @@ mod tests {
                 second.rollback().await
             }
         });
-        // Let the second member queue for the writer, so that it joins this group.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let committed = first.commit().await;
-        assert!(
-            matches!(committed, Err(StoreError::CommitFailed(_))),
-            "the group's commit fails: {committed:?}"
-        );
-        let rolled_back = second.await.expect("task");
-        assert!(
-            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
-            "the member that read it fails too: {rolled_back:?}"
-        );
+        assert_both_fail(first, second).await;
         // Nothing of the group is stored, and the writer works again.
         let third = writer.begin().await.expect("begin");
         assert_eq!(count(&third), 0);
@@ -483,17 +489,7 @@ mod tests {
                 second.rollback().await
             }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let committed = first.commit().await;
-        assert!(
-            matches!(committed, Err(StoreError::CommitFailed(_))),
-            "the member before it fails: {committed:?}"
-        );
-        let rolled_back = second.await.expect("task");
-        assert!(
-            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
-            "its rollback fails with the group: {rolled_back:?}"
-        );
+        assert_both_fail(first, second).await;
         let third = writer.begin().await.expect("begin");
         let parents: i64 = sql::query("SELECT count(*) FROM parent")
             .fetch_scalar(third.connection().expect("connection"))
