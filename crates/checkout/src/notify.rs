@@ -69,9 +69,6 @@ impl Handler for Notifications {
                 .notify(&key, &partner_reference(event, order), template, to)
                 .await?;
         }
-        if let Some(tx) = delivery.begin().await? {
-            delivery.finish(tx).await?;
-        }
-        Ok(())
+        delivery.applied().await
     }
 }

@@ -487,8 +487,5 @@ async fn cancel(
 
 /// Marks the event applied without doing anything: the order has moved on.
 async fn skip(delivery: &Delivery) -> Result<(), EffectError> {
-    if let Some(tx) = delivery.begin().await? {
-        delivery.finish(tx).await?;
-    }
-    Ok(())
+    delivery.applied().await
 }

@@ -12,8 +12,12 @@
 //! [`runner::LANES_IN_FLIGHT_MAX`]), so a partition is not held to one partner call at a time
 //! and concurrent effects share the store's commits. The partition's offset moves past the batch
 //! once every lane has finished; a crash before that re-delivers the batch, and the inbox skips
-//! what was applied. A failing event is retried with capped exponential backoff and full jitter;
-//! a permanent failure, or the last failed attempt, becomes a dead letter and its lane moves on.
+//! what was applied. An effect that writes nothing to the store but its inbox row (a
+//! notification, a step that no longer applies) leaves the row to its batch, which writes them
+//! all in one transaction once its lanes finished, before the offset moves: the single SQLite
+//! writer is taken once for them, not once per event. A failing event is retried with capped
+//! exponential backoff and full jitter; a permanent failure, or the last failed attempt,
+//! becomes a dead letter and its lane moves on.
 //!
 //! # Layout
 //!
@@ -29,6 +33,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tally_domain::clock::Clock;
+use tally_domain::ids::EventId;
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError, Tx};
 
 pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_delay};
@@ -74,7 +79,8 @@ pub trait Handler: Send + Sync + std::fmt::Debug {
     fn wants(&self, event_type: &str) -> bool;
 
     /// Applies `event`: partner calls first (idempotently), then one transaction opened with
-    /// [`Delivery::begin`] and closed with [`Delivery::finish`].
+    /// [`Delivery::begin`] and closed with [`Delivery::finish`], or, when the effect writes
+    /// nothing to the store, [`Delivery::applied`].
     async fn handle(&self, event: &LogEvent, delivery: &Delivery) -> Result<(), EffectError>;
 }
 
@@ -91,6 +97,11 @@ pub enum Origin {
     DeadLetter(Box<DeadLetterRecord>),
 }
 
+/// Events of one batch whose effects wrote nothing to the store, waiting for their inbox rows,
+/// which the dispatcher writes together in one transaction once the batch's lanes finished
+/// (see [`Delivery::applied`]).
+pub type Deferred = Arc<std::sync::Mutex<Vec<EventId>>>;
+
 /// The transaction helper of one delivery of one event.
 #[derive(Debug)]
 pub struct Delivery {
@@ -101,6 +112,9 @@ pub struct Delivery {
     origin: Origin,
     /// Woken after the effect commits: its events are the next steps of other consumers.
     wake: Arc<tokio::sync::Notify>,
+    /// Where [`Delivery::applied`] leaves the event's inbox row, when the dispatcher writes the
+    /// rows of a batch together; `None` writes it at once.
+    deferred: Option<Deferred>,
 }
 
 impl Delivery {
@@ -119,7 +133,16 @@ impl Delivery {
             event,
             origin,
             wake,
+            deferred: None,
         }
+    }
+
+    /// Leaves the inbox row of an effect that writes nothing else to `deferred`, for the
+    /// dispatcher to write with the rest of its batch.
+    #[must_use]
+    pub fn deferring_to(mut self, deferred: Deferred) -> Self {
+        self.deferred = Some(deferred);
+        self
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -159,6 +182,26 @@ impl Delivery {
             Origin::Partition => tx.rollback().await?,
         }
         Ok(None)
+    }
+
+    /// Records the event as applied by an effect that wrote nothing to the store: a partner
+    /// call alone (made with its idempotency key), or nothing at all because the event no
+    /// longer applies. From a partition, the inbox row joins the batch's ([`Deferred`]): the
+    /// store's writer is taken once for them all, not once per event. A crash before that
+    /// write delivers the event again, and the partner call repeats under the same key, which
+    /// the partner applies once, as after a crash before any effect's commit.
+    pub async fn applied(&self) -> Result<(), EffectError> {
+        if let (Origin::Partition, Some(deferred)) = (&self.origin, &self.deferred) {
+            deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.event.id);
+            return Ok(());
+        }
+        if let Some(tx) = self.begin().await? {
+            self.finish(tx).await?;
+        }
+        Ok(())
     }
 
     /// Marks a retried dead letter settled (for such a delivery) and commits.

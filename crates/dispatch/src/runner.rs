@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tally_domain::clock::Clock;
+use tally_domain::ids::EventId;
 use tally_store::{DeadLetterRecord, Engine, LogEvent, Store, StoreError};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ATTEMPTS_MAX, Delivery, EffectError, Handler, Origin, retry_delay};
+use crate::{ATTEMPTS_MAX, Deferred, Delivery, EffectError, Handler, Origin, retry_delay};
 
 /// Events read from a partition at once; bounds memory and the length of one read.
 pub const BATCH_COUNT_MAX: u32 = 200;
@@ -30,7 +31,7 @@ pub const GROUP_LANES_IN_FLIGHT_MAX: usize = 64;
 pub const SQLITE_GROUP_LANES_IN_FLIGHT_MAX: usize = 256;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
-/// How often a busy partition stores its offset. The inbox, checked before every event, is
+/// How often a busy partition stores its offset. The inbox, checked before every batch, is
 /// what keeps effects exactly once; the offset only saves re-reading, so after a crash up to
 /// this much of the log is read again and skipped. Storing it after every batch cost a commit
 /// per batch per partition and group, more than the effects themselves at low load.
@@ -224,45 +225,74 @@ impl Dispatcher {
         events: Vec<LogEvent>,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let wanted = events
+        let wanted: Vec<LogEvent> = events
             .into_iter()
-            .filter(|e| self.handler.wants(&e.event_type));
-        futures::stream::iter(lanes(wanted))
-            .map(|lane| self.apply_lane(lane, shutdown))
+            .filter(|e| self.handler.wants(&e.event_type))
+            .collect();
+        // One look at the inbox for the whole batch. The effect's own transaction is what
+        // keeps it exactly once; this only spares partners the calls of events applied before
+        // a crash or a rewind.
+        let ids: Vec<EventId> = wanted.iter().map(|event| event.id).collect();
+        let held = self.store.inbox_holds(self.handler.group(), &ids).await?;
+        let fresh = wanted.into_iter().filter(|event| !held.contains(&event.id));
+        let deferred = Deferred::default();
+        let applied = futures::stream::iter(lanes(fresh))
+            .map(|lane| self.apply_lane(lane, &deferred, shutdown))
             .buffer_unordered(LANES_IN_FLIGHT_MAX)
             .try_collect::<()>()
-            .await
+            .await;
+        // Also after a failed lane or on shutdown: those effects were applied, and recording
+        // them spares their partner calls a repeat.
+        let recorded = self.record_deferred(&deferred).await;
+        applied.and(recorded)
     }
 
-    /// Applies one key's events of a batch in order, skipping those its inbox holds already.
+    /// Writes the inbox rows of the batch's effects that wrote nothing else, in one transaction.
+    async fn record_deferred(&self, deferred: &Deferred) -> Result<(), StoreError> {
+        let events = std::mem::take(
+            &mut *deferred
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if events.is_empty() {
+            return Ok(());
+        }
+        let group = self.handler.group();
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        for event in events {
+            tx.insert_inbox(group, event, now).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Applies one key's events of a batch in order.
     async fn apply_lane(
         &self,
         lane: Vec<LogEvent>,
+        deferred: &Deferred,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let group = self.handler.group();
         // Never closed, so acquiring fails only if that changes; then run unbounded.
         let _permit = self.lanes.acquire().await.ok();
         for event in lane {
             if shutdown.is_cancelled() {
                 break;
             }
-            if self.store.inbox_contains(group, event.id).await? {
-                continue;
-            }
-            self.apply(event, Origin::Partition, shutdown).await?;
+            self.apply(event, deferred, shutdown).await?;
         }
         Ok(())
     }
 
     /// Applies one event from a partition of the embedded log or of Kafka, retrying; parks it
-    /// as a dead letter when that fails. `Ok` means the partition may move past the event; an
+    /// as a dead letter when that fails. An effect that writes nothing but its inbox row leaves
+    /// that to `deferred`, the batch's. `Ok` means the partition may move past the event; an
     /// early return on `shutdown` also answers `Ok` without applying it, and the offset must
     /// then not move, which holds because the caller stops too.
-    pub async fn apply(
+    async fn apply(
         &self,
         event: LogEvent,
-        origin: Origin,
+        deferred: &Deferred,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
         let delivery = Delivery::new(
@@ -270,9 +300,21 @@ impl Dispatcher {
             Arc::clone(&self.clock),
             self.handler.group(),
             event.clone(),
-            origin.clone(),
+            Origin::Partition,
             Arc::clone(&self.logged),
-        );
+        )
+        .deferring_to(Arc::clone(deferred));
+        self.attempt(event, delivery, shutdown).await
+    }
+
+    /// Runs the handler on one delivery, retrying; parks the event as a dead letter when that
+    /// fails.
+    async fn attempt(
+        &self,
+        event: LogEvent,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let mut failures = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
             match self.handler.handle(&event, &delivery).await {

@@ -25,6 +25,7 @@ pub mod stock;
 pub mod tx;
 pub mod webhook;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -258,8 +259,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Box<dyn Lease>>, StoreError>;
     /// One event by id, whether or not it is in the log yet.
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError>;
-    /// Whether `group` has applied `event` (read outside any transaction, as a shortcut).
-    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError>;
+    /// Which of `events` `group` has applied (read outside any transaction, as a shortcut: a
+    /// consumer skips them without calling partners again).
+    async fn inbox_holds(
+        &self,
+        group: &str,
+        events: &[EventId],
+    ) -> Result<HashSet<EventId>, StoreError>;
+    /// Whether `group` has applied `event`.
+    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
+        Ok(self.inbox_holds(group, &[event]).await?.contains(&event))
+    }
 
     /// A tenant's dead letters, newest first, optionally of one status.
     async fn dead_letters(

@@ -1,6 +1,8 @@
 //! A consumer group's lanes on every engine: within a batch of one partition, different
 //! partition keys are applied concurrently while each key's events are applied one at a time in log order, each
-//! exactly once, and a group started again after its offsets moved applies nothing twice.
+//! exactly once, and a group started again after its offsets moved applies nothing twice; the
+//! same holds for effects that write nothing but their inbox row, which a batch records
+//! together.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,10 @@ use tally_store::LogEvent;
 use tally_testkit::{Engine, spawn_app};
 use tokio_util::sync::CancellationToken;
 
-tally_testkit::store_tests!(keys_run_concurrently_and_each_key_in_order_once);
+tally_testkit::store_tests!(
+    keys_run_concurrently_and_each_key_in_order_once,
+    effects_without_writes_are_recorded_once
+);
 
 /// More keys than the log has partitions, so some partition holds several.
 const SKUS: usize = 16;
@@ -26,6 +31,9 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Records what it applies, in the order it applied it, and how many effects overlapped.
 #[derive(Debug, Default)]
 struct Recorder {
+    /// Whether the effect writes nothing but its inbox row ([`Delivery::applied`]), like a
+    /// notification, rather than committing a transaction of its own.
+    without_writes: bool,
     applied: Mutex<Vec<LogEvent>>,
     /// Effects under way per log partition, and the most there ever were.
     in_flight: Mutex<BTreeMap<u32, (usize, usize)>>,
@@ -67,7 +75,27 @@ impl Handler for Recorder {
         self.enter(event.partition);
         // A partner call's worth of waiting, so that lanes have the chance to overlap.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        let outcome = match delivery.begin().await {
+        let outcome = if self.without_writes {
+            self.applied
+                .lock()
+                .expect("recorder lock")
+                .push(event.clone());
+            delivery.applied().await
+        } else {
+            self.apply_in_a_transaction(event, delivery).await
+        };
+        self.leave(event.partition);
+        outcome
+    }
+}
+
+impl Recorder {
+    async fn apply_in_a_transaction(
+        &self,
+        event: &LogEvent,
+        delivery: &Delivery,
+    ) -> Result<(), EffectError> {
+        match delivery.begin().await {
             Ok(Some(tx)) => {
                 self.applied
                     .lock()
@@ -77,22 +105,48 @@ impl Handler for Recorder {
             }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
-        };
-        self.leave(event.partition);
-        outcome
+        }
     }
 }
 
-/// Many SKUs' stock adjustments (the partition key is the SKU) are applied by a recording
-/// group: every event once, each SKU's in log order (its on-hand chain unbroken), several at
-/// once; then a second run of the group over the same store applies nothing.
-async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
+/// Effects that write nothing but their inbox row leave it to their batch, which records the
+/// rows together: every event is applied once, in order per key, and is in the inbox after;
+/// a restart, even from offsets rewound to the start, applies none of them again.
+async fn effects_without_writes_are_recorded_once(engine: Engine) {
     let app = Arc::new(spawn_app(engine).await);
+    let expected = adjust_many_skus(&app).await;
+    let recorder = Arc::new(Recorder {
+        without_writes: true,
+        ..Recorder::default()
+    });
+    run_until(&app, Arc::clone(&recorder), expected).await;
+    let applied = recorder.applied.lock().expect("recorder lock").clone();
+    assert_eq!(applied.len(), expected, "every adjustment applied");
+    let ids: HashSet<EventId> = applied.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), expected, "no event applied twice");
+    assert_each_key_in_order(&applied);
+    for id in &ids {
+        assert!(
+            app.store().inbox_contains(GROUP, *id).await.expect("inbox"),
+            "event {id} is in the group's inbox"
+        );
+    }
+    rewind_offsets(&app).await;
+    assert_applies_nothing(
+        &app,
+        "nothing is applied twice after the batch recorded its effects",
+    )
+    .await;
+}
+
+/// Stock adjustments of many SKUs (the partition key is the SKU), each SKU's one after
+/// another; how many events they logged.
+async fn adjust_many_skus(app: &Arc<tally_testkit::TestApp>) -> usize {
     let skus: Vec<String> = (0..SKUS).map(|i| format!("LANE-{i}")).collect();
     let variants: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 10)).collect();
     app.create_product("Lanes", &variants).await;
     let writers = skus.iter().cloned().map(|sku| {
-        let app = Arc::clone(&app);
+        let app = Arc::clone(app);
         tokio::spawn(async move {
             for i in 0..ADJUSTMENTS_PER_SKU {
                 let response = app.adjust(&format!("{sku}-{i}"), &sku, "east", 1).await;
@@ -103,7 +157,27 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
     for writer in futures::future::join_all(writers).await {
         writer.expect("writer task");
     }
-    let expected = SKUS * ADJUSTMENTS_PER_SKU;
+    SKUS * ADJUSTMENTS_PER_SKU
+}
+
+/// Moves every partition's offset of the group back to the start, as a crash can leave them
+/// anywhere behind what was applied.
+async fn rewind_offsets(app: &tally_testkit::TestApp) {
+    let store = app.store();
+    for partition in 0..store.log_partitions() {
+        store
+            .commit_consumer_offset(GROUP, partition, 0, chrono::Utc::now())
+            .await
+            .expect("rewind");
+    }
+}
+
+/// Many SKUs' stock adjustments (the partition key is the SKU) are applied by a recording
+/// group: every event once, each SKU's in log order (its on-hand chain unbroken), several at
+/// once; then a second run of the group over the same store applies nothing.
+async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
+    let app = Arc::new(spawn_app(engine).await);
+    let expected = adjust_many_skus(&app).await;
 
     let recorder = Arc::new(Recorder::default());
     run_until(&app, Arc::clone(&recorder), expected).await;
@@ -124,13 +198,8 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
     // Offsets are stored only now and then, so a crash can leave them anywhere behind what
     // was applied: rewound to the start, the group reads everything again and applies none of
     // it, because the inbox has it.
+    rewind_offsets(&app).await;
     let store = app.store();
-    for partition in 0..store.log_partitions() {
-        store
-            .commit_consumer_offset(GROUP, partition, 0, chrono::Utc::now())
-            .await
-            .expect("rewind");
-    }
     assert_applies_nothing(
         &app,
         "nothing is applied twice when the offsets were behind",

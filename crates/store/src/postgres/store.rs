@@ -1,6 +1,6 @@
 //! Reads, tenant set-up, the log and maintenance on PostgreSQL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -712,13 +712,23 @@ impl Store for PgStore {
         row.as_ref().map(log_event).transpose()
     }
 
-    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
-        let found = sqlx::query("SELECT 1 FROM inbox WHERE group_name = $1 AND event_id = $2")
-            .bind(group)
-            .bind(event.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+    async fn inbox_holds(
+        &self,
+        group: &str,
+        events: &[EventId],
+    ) -> Result<HashSet<EventId>, StoreError> {
+        if events.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<Uuid> = events.iter().map(|event| event.as_uuid()).collect();
+        let held: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT event_id FROM inbox WHERE group_name = $1 AND event_id = ANY($2)",
+        )
+        .bind(group)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held.into_iter().map(EventId::from_uuid).collect())
     }
 
     async fn dead_letters(

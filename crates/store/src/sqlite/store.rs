@@ -1,6 +1,6 @@
 //! Reads, tenant set-up, the log and maintenance on SQLite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::sql::{self, Row};
 use async_trait::async_trait;
@@ -657,12 +657,24 @@ impl Store for SqliteStore {
         row.as_ref().map(log_event).transpose()
     }
 
-    async fn inbox_contains(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
-        let found = sql::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
-            .bind(group)
-            .bind(event.as_uuid())
-            .fetch_optional(&*self.reader()?)?;
-        Ok(found.is_some())
+    async fn inbox_holds(
+        &self,
+        group: &str,
+        events: &[EventId],
+    ) -> Result<HashSet<EventId>, StoreError> {
+        // One lookup per event on one reader: each is a step down an index in memory.
+        let reader = self.reader()?;
+        let mut held = HashSet::new();
+        for event in events {
+            let found = sql::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
+                .bind(group)
+                .bind(event.as_uuid())
+                .fetch_optional(&reader)?;
+            if found.is_some() {
+                held.insert(*event);
+            }
+        }
+        Ok(held)
     }
 
     async fn dead_letters(
