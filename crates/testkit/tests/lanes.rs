@@ -119,12 +119,7 @@ async fn effects_without_writes_are_recorded_once(engine: Engine) {
         without_writes: true,
         ..Recorder::default()
     });
-    run_until(&app, Arc::clone(&recorder), expected).await;
-    let applied = recorder.applied.lock().expect("recorder lock").clone();
-    assert_eq!(applied.len(), expected, "every adjustment applied");
-    let ids: HashSet<EventId> = applied.iter().map(|e| e.id).collect();
-    assert_eq!(ids.len(), expected, "no event applied twice");
-    assert_each_key_in_order(&applied);
+    let ids = apply_each_once_in_order(&app, &recorder, expected).await;
     for id in &ids {
         assert!(
             app.store().inbox_contains(GROUP, *id).await.expect("inbox"),
@@ -137,6 +132,22 @@ async fn effects_without_writes_are_recorded_once(engine: Engine) {
         "nothing is applied twice after the batch recorded its effects",
     )
     .await;
+}
+
+/// Runs the group until it applied `expected` events, and checks that it applied each once,
+/// each key's in log order; the ids of the events applied.
+async fn apply_each_once_in_order(
+    app: &tally_testkit::TestApp,
+    recorder: &Arc<Recorder>,
+    expected: usize,
+) -> HashSet<EventId> {
+    run_until(app, Arc::clone(recorder), expected).await;
+    let applied = recorder.applied.lock().expect("recorder lock").clone();
+    assert_eq!(applied.len(), expected, "every adjustment applied");
+    let ids: HashSet<EventId> = applied.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), expected, "no event applied twice");
+    assert_each_key_in_order(&applied);
+    ids
 }
 
 /// Stock adjustments of many SKUs (the partition key is the SKU), each SKU's one after
@@ -180,12 +191,7 @@ async fn keys_run_concurrently_and_each_key_in_order_once(engine: Engine) {
     let expected = adjust_many_skus(&app).await;
 
     let recorder = Arc::new(Recorder::default());
-    run_until(&app, Arc::clone(&recorder), expected).await;
-    let applied = recorder.applied.lock().expect("recorder lock").clone();
-    assert_eq!(applied.len(), expected, "every adjustment applied");
-    let ids: HashSet<EventId> = applied.iter().map(|e| e.id).collect();
-    assert_eq!(ids.len(), expected, "no event applied twice");
-    assert_each_key_in_order(&applied);
+    apply_each_once_in_order(&app, &recorder, expected).await;
     let overlapped = recorder.overlap_within_a_partition();
     assert!(
         overlapped > 1,
