@@ -100,7 +100,7 @@ pub enum Origin {
 /// Events of one batch whose effects wrote nothing to the store, waiting for their inbox rows,
 /// which the dispatcher writes together in one transaction once the batch's lanes finished
 /// (see [`Delivery::applied`]).
-pub type Deferred = Arc<std::sync::Mutex<Vec<EventId>>>;
+pub(crate) type Deferred = Arc<std::sync::Mutex<Vec<EventId>>>;
 
 /// The transaction helper of one delivery of one event.
 #[derive(Debug)]
@@ -140,7 +140,7 @@ impl Delivery {
     /// Leaves the inbox row of an effect that writes nothing else to `deferred`, for the
     /// dispatcher to write with the rest of its batch.
     #[must_use]
-    pub fn deferring_to(mut self, deferred: Deferred) -> Self {
+    pub(crate) fn deferring_to(mut self, deferred: Deferred) -> Self {
         self.deferred = Some(deferred);
         self
     }
@@ -186,10 +186,12 @@ impl Delivery {
 
     /// Records the event as applied by an effect that wrote nothing to the store: a partner
     /// call alone (made with its idempotency key), or nothing at all because the event no
-    /// longer applies. From a partition, the inbox row joins the batch's ([`Deferred`]): the
+    /// longer applies. From a partition, the inbox row joins the batch's: the
     /// store's writer is taken once for them all, not once per event. A crash before that
     /// write delivers the event again, and the partner call repeats under the same key, which
-    /// the partner applies once, as after a crash before any effect's commit.
+    /// the partner applies once, as after a crash before any effect's commit. It is the last
+    /// thing a handler does: once called, the event counts as applied even if the handler then
+    /// returns an error.
     pub async fn applied(&self) -> Result<(), EffectError> {
         if let (Origin::Partition, Some(deferred)) = (&self.origin, &self.deferred) {
             deferred

@@ -1,6 +1,6 @@
 //! The partition loops and the dead-letter retry loop of one consumer group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,8 @@ pub const GROUP_LANES_IN_FLIGHT_MAX: usize = 64;
 pub const SQLITE_GROUP_LANES_IN_FLIGHT_MAX: usize = 256;
 /// How often an idle partition looks for new events when no wake-up arrives.
 pub const IDLE_POLL: Duration = Duration::from_millis(50);
-/// How often a busy partition stores its offset. The inbox, checked before every batch, is
-/// what keeps effects exactly once; the offset only saves re-reading, so after a crash up to
+/// How often a busy partition stores its offset. The inbox, which every effect claims its event
+/// in, is what keeps effects exactly once; the offset only saves re-reading, so after a crash up to
 /// this much of the log is read again and skipped. Storing it after every batch cost a commit
 /// per batch per partition and group, more than the effects themselves at low load.
 pub const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_millis(250);
@@ -138,7 +138,7 @@ impl Dispatcher {
                     // The cursor stays: it moves only past batches that were applied, and the
                     // stored offset may be behind it (events dead-lettered in between have no
                     // inbox row to skip them by).
-                    tracing::warn!(group, partition, %error, "consumer could not read the log; retrying");
+                    tracing::warn!(group, partition, %error, "consumer could not apply a batch of the log; retrying");
                     STORE_ERROR_BACKOFF
                 }
             };
@@ -234,7 +234,12 @@ impl Dispatcher {
         // a crash or a rewind.
         let ids: Vec<EventId> = wanted.iter().map(|event| event.id).collect();
         let held = self.store.inbox_holds(self.handler.group(), &ids).await?;
-        let fresh = wanted.into_iter().filter(|event| !held.contains(&event.id));
+        // Kafka may carry one event twice in a batch (a relay's re-publish, a rebalance): the
+        // first copy is applied, the other passed over, as the inbox would once it committed.
+        let mut seen = HashSet::new();
+        let fresh = wanted
+            .into_iter()
+            .filter(|event| !held.contains(&event.id) && seen.insert(event.id));
         let deferred = Deferred::default();
         let applied = futures::stream::iter(lanes(fresh))
             .map(|lane| self.apply_lane(lane, &deferred, shutdown))
@@ -286,9 +291,10 @@ impl Dispatcher {
 
     /// Applies one event from a partition of the embedded log or of Kafka, retrying; parks it
     /// as a dead letter when that fails. An effect that writes nothing but its inbox row leaves
-    /// that to `deferred`, the batch's. `Ok` means the partition may move past the event; an
-    /// early return on `shutdown` also answers `Ok` without applying it, and the offset must
-    /// then not move, which holds because the caller stops too.
+    /// that to `deferred`, the batch's. `Ok` means the lane may go on; the partition moves past
+    /// the event only once the batch recorded `deferred`. An early return on `shutdown` also
+    /// answers `Ok` without applying it, and the offset must then not move, which holds because
+    /// the caller stops too.
     async fn apply(
         &self,
         event: LogEvent,
@@ -304,17 +310,6 @@ impl Dispatcher {
             Arc::clone(&self.logged),
         )
         .deferring_to(Arc::clone(deferred));
-        self.attempt(event, delivery, shutdown).await
-    }
-
-    /// Runs the handler on one delivery, retrying; parks the event as a dead letter when that
-    /// fails.
-    async fn attempt(
-        &self,
-        event: LogEvent,
-        delivery: Delivery,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StoreError> {
         let mut failures = Vec::new();
         for attempt in 1..=ATTEMPTS_MAX {
             match self.handler.handle(&event, &delivery).await {

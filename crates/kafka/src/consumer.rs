@@ -10,7 +10,9 @@
 //! stored-but-uncommitted offsets: those events come again, and the inbox skips them.
 //!
 //! When a rebalance takes partitions away, their tasks stop before their next record; a record
-//! in flight finishes, and the new owner's duplicate of it is skipped by the inbox.
+//! in flight finishes, and the new owner's duplicate of it is skipped by the inbox (or, for an
+//! effect that writes nothing but its inbox row, whose row its batch records at the end, repeats
+//! its partner call under the same idempotency key, which the partner applies once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 tally_testkit::store_tests!(
     keys_run_concurrently_and_each_key_in_order_once,
-    effects_without_writes_are_recorded_once
+    effects_without_writes_are_recorded_once,
+    a_batch_applies_a_repeated_event_once
 );
 
 /// More keys than the log has partitions, so some partition holds several.
@@ -132,6 +133,63 @@ async fn effects_without_writes_are_recorded_once(engine: Engine) {
         "nothing is applied twice after the batch recorded its effects",
     )
     .await;
+}
+
+/// A batch that carries one event twice, as Kafka can after a re-publish or a rebalance,
+/// applies it once, even when its effect leaves its inbox row to the end of the batch.
+async fn a_batch_applies_a_repeated_event_once(engine: Engine) {
+    let app = spawn_app(engine).await;
+    app.create_product("Repeated", &[("REPEATED-1", 10)]).await;
+    let response = app.adjust("repeated-1", "REPEATED-1", "east", 1).await;
+    assert_eq!(response.status(), 200, "adjustment");
+    // On PostgreSQL the relay gives the event its place in the log a moment after the commit.
+    let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+    let event = loop {
+        let logged = app
+            .store()
+            .read_log(None, 0, u32::MAX)
+            .await
+            .expect("read the log")
+            .into_iter()
+            .find(|event| event.event_type == "tally.inventory.adjusted.v1");
+        if let Some(event) = logged {
+            break event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the adjustment's event reached the log in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let recorder = Arc::new(Recorder {
+        without_writes: true,
+        ..Recorder::default()
+    });
+    let dispatcher = Dispatcher::new(
+        Arc::clone(app.store()),
+        Arc::new(SystemClock),
+        Arc::clone(&recorder) as Arc<dyn Handler>,
+        app.logged(),
+    );
+    dispatcher
+        .apply_all(
+            vec![event.clone(), event.clone()],
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("apply the batch");
+    assert_eq!(
+        recorder.applied.lock().expect("recorder lock").len(),
+        1,
+        "the repeated event is applied once"
+    );
+    assert!(
+        app.store()
+            .inbox_contains(GROUP, event.id)
+            .await
+            .expect("inbox"),
+        "the event is in the group's inbox"
+    );
 }
 
 /// Runs the group until it applied `expected` events, and checks that it applied each once,
