@@ -113,7 +113,7 @@ pub struct Delivery {
     /// Woken after the effect commits: its events are the next steps of other consumers.
     wake: Arc<tokio::sync::Notify>,
     /// Where [`Delivery::applied`] leaves the event's inbox row, when the dispatcher writes the
-    /// rows of a batch together; `None` writes it at once.
+    /// rows of a partition's batch together; `None` (a dead letter's retry) writes it at once.
     deferred: Option<Deferred>,
 }
 
@@ -193,7 +193,7 @@ impl Delivery {
     /// thing a handler does: once called, the event counts as applied even if the handler then
     /// returns an error.
     pub async fn applied(&self) -> Result<(), EffectError> {
-        if let (Origin::Partition, Some(deferred)) = (&self.origin, &self.deferred) {
+        if let Some(deferred) = &self.deferred {
             deferred
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

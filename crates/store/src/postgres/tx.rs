@@ -326,7 +326,7 @@ impl Tx for PgTx {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
              status = excluded.status, updated_at = excluded.updated_at \
-             WHERE dead_letters.status <> 'discarded'",
+             WHERE dead_letters.status <> $14",
         )
         .bind(letter.id)
         .bind(letter.tenant_id.as_uuid())
@@ -341,6 +341,7 @@ impl Tx for PgTx {
         .bind(&letter.status)
         .bind(letter.created_at)
         .bind(letter.updated_at)
+        .bind(crate::DISCARDED)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

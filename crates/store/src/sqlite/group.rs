@@ -407,6 +407,15 @@ mod tests {
             .expect("read")
     }
 
+    /// A member that inserted parent 1.
+    async fn member_with_parent(writer: &Writer) -> Member {
+        let member = writer.begin().await.expect("begin");
+        sql::query("INSERT INTO parent (id) VALUES (1)")
+            .execute(member.connection().expect("connection"))
+            .expect("insert");
+        member
+    }
+
     /// Lets `second` (spawned, about to queue for the writer) join `first`'s group, commits
     /// `first`, and checks that the group's commit fails both: `first`'s commit and `second`'s
     /// rollback.
@@ -470,10 +479,7 @@ mod tests {
     async fn a_transaction_sqlite_ended_fails_its_whole_group() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir);
-        let first = writer.begin().await.expect("begin");
-        sql::query("INSERT INTO parent (id) VALUES (1)")
-            .execute(first.connection().expect("connection"))
-            .expect("insert");
+        let first = member_with_parent(&writer).await;
         let second = tokio::spawn({
             let writer = writer.clone();
             async move {
@@ -504,10 +510,7 @@ mod tests {
     async fn a_lone_rollback_ends_the_sqlite_transaction() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir);
-        let member = writer.begin().await.expect("begin");
-        sql::query("INSERT INTO parent (id) VALUES (1)")
-            .execute(member.connection().expect("connection"))
-            .expect("insert");
+        let member = member_with_parent(&writer).await;
         member.rollback().await.expect("rollback");
         assert!(writer.group.lock().await.open.is_none());
         let done = writer
@@ -523,10 +526,7 @@ mod tests {
     async fn a_dropped_member_is_undone_at_once() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir);
-        let member = writer.begin().await.expect("begin");
-        sql::query("INSERT INTO parent (id) VALUES (1)")
-            .execute(member.connection().expect("connection"))
-            .expect("insert");
+        let member = member_with_parent(&writer).await;
         drop(member);
         assert!(writer.group.lock().await.open.is_none());
         let member = writer.begin().await.expect("begin");

@@ -275,7 +275,7 @@ impl Tx for SqliteTx {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
              status = excluded.status, updated_at = excluded.updated_at \
-             WHERE dead_letters.status <> 'discarded'",
+             WHERE dead_letters.status <> ?",
         )
         .bind(letter.id)
         .bind(letter.tenant_id.as_uuid())
@@ -290,6 +290,7 @@ impl Tx for SqliteTx {
         .bind(&letter.status)
         .bind(to_micros(letter.created_at))
         .bind(to_micros(letter.updated_at))
+        .bind(crate::DISCARDED)
         .execute(self.tx.connection()?)?;
         Ok(())
     }
