@@ -4,14 +4,17 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tally_dispatch::{Delivery, EffectError};
+use tally_domain::checkout::Saga;
 use tally_domain::event::{EventDraft, EventType};
-use tally_domain::ids::OrderId;
+use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::money::Currency;
 use tally_domain::order::OrderStatus;
 use tally_ledger::{EntryKind, JournalEntry, payment};
 use tally_store::audit::{Actor, Change, cause_of};
 use tally_store::log::{Causes, envelope};
-use tally_store::{LogEvent, NewJournalEntry, OrderState, PostingRecord, Tx};
+use tally_store::{
+    LogEvent, NewAuditRecord, NewEvent, NewJournalEntry, OrderState, PostingRecord, Tx,
+};
 
 use crate::saga::CHECKOUT_GROUP;
 
@@ -127,7 +130,8 @@ pub(crate) fn refund(
     Ok(row(&entry, state.record.id, now))
 }
 
-/// One saga step's writes: a status change (or none), the events it causes and its audit record.
+/// One saga step's writes: a status change (or none), the ledger entries it books, the events
+/// it causes and its audit record.
 #[derive(Debug)]
 pub(crate) struct Step<'a> {
     event: &'a LogEvent,
@@ -135,6 +139,7 @@ pub(crate) struct Step<'a> {
     before: Value,
     status: Option<OrderStatus>,
     drafts: Vec<EventDraft>,
+    journal: Vec<NewJournalEntry>,
     now: DateTime<Utc>,
 }
 
@@ -151,8 +156,14 @@ impl<'a> Step<'a> {
             before: json!({"status": state.record.status, "saga": state.saga}),
             status: None,
             drafts: Vec::new(),
+            journal: Vec::new(),
             now,
         }
+    }
+
+    /// When the step happens.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 
     /// Moves the order to `status` and announces it with an event of `event_type`.
@@ -169,26 +180,23 @@ impl<'a> Step<'a> {
             .push(EventDraft::new(event_type, key.clone(), key, &data));
     }
 
-    /// Writes the order, the events and the audit record, then finishes the delivery.
-    pub(crate) async fn commit(
-        self,
-        mut tx: Box<dyn Tx>,
-        state: &OrderState,
-        delivery: &Delivery,
-    ) -> Result<(), EffectError> {
+    /// Books a ledger entry with the step.
+    pub(crate) fn book(&mut self, entry: NewJournalEntry) {
+        self.journal.push(entry);
+    }
+
+    /// The step's rows, ready to store, for the order as `state` leaves it: everything but
+    /// the inserts themselves, so that it can be done before the step takes the store's writer.
+    pub(crate) fn prepare(self, state: &OrderState, partitions: u32) -> Prepared {
         let tenant = self.event.tenant_id;
         let status = self
             .status
             .map_or_else(|| state.record.status.clone(), |s| s.as_str().to_owned());
-        let saga = state.saga.clone();
-        tx.update_order(tenant, self.order, &status, &saga, self.now)
-            .await?;
         let causes = Causes {
             correlation_id: self.event.correlation_id.clone(),
             causation_id: Some(self.event.id.to_string()),
             traceparent: self.event.traceparent.clone(),
         };
-        let partitions = delivery.store().log_partitions();
         let events: Vec<_> = self
             .drafts
             .into_iter()
@@ -207,8 +215,59 @@ impl<'a> Step<'a> {
         let actor = Actor::System(CHECKOUT_GROUP.to_owned());
         let audit =
             tally_store::audit::record(tenant, self.now, actor, change, cause_of(self.event));
-        tx.insert_audit(&audit).await?;
-        tx.append_events(&events).await?;
+        Prepared {
+            tenant,
+            order: self.order,
+            status,
+            saga: state.saga.clone(),
+            now: self.now,
+            journal: self.journal,
+            events,
+            audit,
+        }
+    }
+
+    /// Writes the order, the ledger entries, the events and the audit record, then finishes
+    /// the delivery.
+    pub(crate) async fn commit(
+        self,
+        tx: Box<dyn Tx>,
+        state: &OrderState,
+        delivery: &Delivery,
+    ) -> Result<(), EffectError> {
+        self.prepare(state, delivery.store().log_partitions())
+            .write(tx, delivery)
+            .await
+    }
+}
+
+/// A step's rows, ready to store.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    tenant: TenantId,
+    order: OrderId,
+    status: String,
+    saga: Saga,
+    now: DateTime<Utc>,
+    journal: Vec<NewJournalEntry>,
+    events: Vec<NewEvent>,
+    audit: NewAuditRecord,
+}
+
+impl Prepared {
+    /// Stores the rows in `tx` and finishes the delivery.
+    pub(crate) async fn write(
+        self,
+        mut tx: Box<dyn Tx>,
+        delivery: &Delivery,
+    ) -> Result<(), EffectError> {
+        tx.update_order(self.tenant, self.order, &self.status, &self.saga, self.now)
+            .await?;
+        for entry in &self.journal {
+            tx.insert_journal_entry(self.tenant, entry).await?;
+        }
+        tx.insert_audit(&self.audit).await?;
+        tx.append_events(&self.events).await?;
         delivery.finish(tx).await
     }
 }

@@ -20,7 +20,7 @@ use tally_domain::inventory::StockLevel;
 use tally_domain::order::OrderStatus;
 use tally_store::{LogEvent, MovementKind, OrderState, Tx};
 
-use crate::books::{self, Step};
+use crate::books::{self, Prepared, Step};
 use crate::partners::{Authorization, Capture, Partners};
 
 /// The consumer group that runs the checkout saga.
@@ -102,6 +102,54 @@ async fn open(
         .await?
         .ok_or_else(|| EffectError::Permanent(format!("order {order} does not exist")))?;
     Ok(Some((tx, state)))
+}
+
+/// Commits a step whose writes follow from the order alone, with no stock to lock. `plan`
+/// applies the step to an order (`false`: it does not apply, and only the inbox row is
+/// written). It runs on `snapshot`, the order as read before the partner call, before the step
+/// takes the store's writer, which then only checks that the order is unchanged and inserts
+/// the rows. Should the order have changed meanwhile (a cancellation request raced the step),
+/// `plan` runs again on the order as locked, as every step did before.
+async fn commit_step<F>(
+    delivery: &Delivery,
+    event: &LogEvent,
+    order: OrderId,
+    snapshot: OrderState,
+    plan: F,
+) -> Result<(), EffectError>
+where
+    F: Fn(&mut OrderState, &mut Step<'_>) -> Result<bool, EffectError>,
+{
+    let now = delivery.clock().now();
+    let partitions = delivery.store().log_partitions();
+    let prepare = |mut state: OrderState| -> Result<Option<Prepared>, EffectError> {
+        let mut step = Step::new(event, order, &state, now);
+        if !plan(&mut state, &mut step)? {
+            return Ok(None);
+        }
+        Ok(Some(step.prepare(&state, partitions)))
+    };
+    let (status, saga) = (snapshot.record.status.clone(), snapshot.saga.clone());
+    let ready = prepare(snapshot)?;
+    let Some(mut tx) = delivery.begin().await? else {
+        return Ok(());
+    };
+    let ready = if tx
+        .order_still(event.tenant_id, order, &status, &saga)
+        .await?
+    {
+        ready
+    } else {
+        let state = tx
+            .lock_order(event.tenant_id, order)
+            .await?
+            .ok_or_else(|| EffectError::Permanent(format!("order {order} does not exist")))?;
+        prepare(state)?
+    };
+    match ready {
+        Some(ready) => ready.write(tx, delivery).await,
+        None => delivery.finish(tx).await,
+    }
 }
 
 fn status_of(state: &OrderState) -> Result<OrderStatus, EffectError> {
@@ -204,36 +252,39 @@ impl Checkout {
                 &record.currency,
             )
             .await?;
+        let reason = match answer {
+            Authorization::Authorized { authorization_id } => {
+                return commit_step(delivery, event, order, snapshot, |state, step| {
+                    let entry = books::authorization(event, state, step.now())?;
+                    state.saga.authorization_id = Some(authorization_id.clone());
+                    state.saga.authorization_entry = Some(entry.id.clone());
+                    step.book(entry);
+                    step.advance(
+                        OrderStatus::Authorized,
+                        EventType::OrderPaymentAuthorized,
+                        json!({"authorization_id": authorization_id}),
+                    );
+                    Ok(true)
+                })
+                .await;
+            }
+            Authorization::Declined { reason } => reason,
+        };
         let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
             return Ok(());
         };
         let now = delivery.clock().now();
         let mut step = Step::new(event, order, &state, now);
-        match answer {
-            Authorization::Authorized { authorization_id } => {
-                let entry = books::authorization(event, &state, now)?;
-                tx.insert_journal_entry(event.tenant_id, &entry).await?;
-                state.saga.authorization_id = Some(authorization_id.clone());
-                state.saga.authorization_entry = Some(entry.id.clone());
-                step.advance(
-                    OrderStatus::Authorized,
-                    EventType::OrderPaymentAuthorized,
-                    json!({"authorization_id": authorization_id}),
-                );
-            }
-            Authorization::Declined { reason } => {
-                cancel(
-                    tx.as_mut(),
-                    event,
-                    order,
-                    &mut state,
-                    &mut step,
-                    ("payment_declined", Some(reason)),
-                    now,
-                )
-                .await?;
-            }
-        }
+        cancel(
+            tx.as_mut(),
+            event,
+            order,
+            &mut state,
+            &mut step,
+            ("payment_declined", Some(reason)),
+            now,
+        )
+        .await?;
         step.commit(tx, &state, delivery).await
     }
 
@@ -261,15 +312,10 @@ impl Checkout {
                 .void(&delivery.idempotency_key("void"), &authorization_id)
                 .await?;
         }
-        let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
-            return Ok(());
-        };
-        let now = delivery.clock().now();
-        let mut step = Step::new(event, order, &state, now);
-        match answer {
-            Capture::Captured { capture_id } => {
-                for entry in books::capture(event, &state, now)? {
-                    tx.insert_journal_entry(event.tenant_id, &entry).await?;
+        if let Capture::Captured { capture_id } = answer {
+            return commit_step(delivery, event, order, state, |state, step| {
+                for entry in books::capture(event, state, step.now())? {
+                    step.book(entry);
                 }
                 state.saga.capture_id = Some(capture_id.clone());
                 step.advance(
@@ -277,22 +323,26 @@ impl Checkout {
                     EventType::OrderPaymentCaptured,
                     json!({"capture_id": capture_id}),
                 );
-            }
-            Capture::Failed => {
-                let entry = books::void(event, &state, now)?;
-                tx.insert_journal_entry(event.tenant_id, &entry).await?;
-                cancel(
-                    tx.as_mut(),
-                    event,
-                    order,
-                    &mut state,
-                    &mut step,
-                    ("capture_failed", None),
-                    now,
-                )
-                .await?;
-            }
+                Ok(true)
+            })
+            .await;
         }
+        let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
+            return Ok(());
+        };
+        let now = delivery.clock().now();
+        let mut step = Step::new(event, order, &state, now);
+        step.book(books::void(event, &state, now)?);
+        cancel(
+            tx.as_mut(),
+            event,
+            order,
+            &mut state,
+            &mut step,
+            ("capture_failed", None),
+            now,
+        )
+        .await?;
         step.commit(tx, &state, delivery).await
     }
 
@@ -322,18 +372,17 @@ impl Checkout {
                 lines,
             )
             .await?;
-        let Some((tx, mut state)) = open(delivery, event, order).await? else {
-            return Ok(());
-        };
-        let mut step = Step::new(event, order, &state, delivery.clock().now());
-        state.saga.shipment_id = Some(shipment.shipment_id.clone());
-        state.saga.tracking_number = Some(shipment.tracking_number.clone());
-        step.advance(
-            OrderStatus::FulfillmentRequested,
-            EventType::OrderFulfillmentRequested,
-            json!({"shipment_id": shipment.shipment_id, "tracking_number": shipment.tracking_number}),
-        );
-        step.commit(tx, &state, delivery).await
+        commit_step(delivery, event, order, snapshot, |state, step| {
+            state.saga.shipment_id = Some(shipment.shipment_id.clone());
+            state.saga.tracking_number = Some(shipment.tracking_number.clone());
+            step.advance(
+                OrderStatus::FulfillmentRequested,
+                EventType::OrderFulfillmentRequested,
+                json!({"shipment_id": shipment.shipment_id, "tracking_number": shipment.tracking_number}),
+            );
+            Ok(true)
+        })
+        .await
     }
 
     async fn refund(
@@ -353,20 +402,17 @@ impl Checkout {
             .partners
             .refund(&key, &capture_id, state.record.total_minor)
             .await?;
-        let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
-            return Ok(());
-        };
-        let now = delivery.clock().now();
-        let mut step = Step::new(event, order, &state, now);
-        let entry = books::refund(event, &state, now)?;
-        tx.insert_journal_entry(event.tenant_id, &entry).await?;
-        state.saga.refund_id = Some(refund_id.clone());
-        step.advance(
-            OrderStatus::Refunded,
-            EventType::OrderRefunded,
-            json!({"refund_id": refund_id}),
-        );
-        step.commit(tx, &state, delivery).await
+        commit_step(delivery, event, order, state, |state, step| {
+            step.book(books::refund(event, state, step.now())?);
+            state.saga.refund_id = Some(refund_id.clone());
+            step.advance(
+                OrderStatus::Refunded,
+                EventType::OrderRefunded,
+                json!({"refund_id": refund_id}),
+            );
+            Ok(true)
+        })
+        .await
     }
 
     /// Cancels at a client's request, undoing what the saga did: the authorization is voided,
@@ -409,16 +455,9 @@ impl Checkout {
             None => {}
             Some(compensation) => {
                 match compensation {
-                    Compensation::Voided => {
-                        tx.insert_journal_entry(event.tenant_id, &books::void(event, &state, now)?)
-                            .await?;
-                    }
+                    Compensation::Voided => step.book(books::void(event, &state, now)?),
                     Compensation::Refunded(refund_id) => {
-                        tx.insert_journal_entry(
-                            event.tenant_id,
-                            &books::refund(event, &state, now)?,
-                        )
-                        .await?;
+                        step.book(books::refund(event, &state, now)?);
                         state.saga.refund_id = Some(refund_id);
                     }
                     Compensation::Nothing => {}
@@ -453,15 +492,15 @@ async fn complete(
     order: OrderId,
     delivery: &Delivery,
 ) -> Result<(), EffectError> {
-    let Some((tx, state)) = open(delivery, event, order).await? else {
-        return Ok(());
-    };
-    if status_of(&state)? != OrderStatus::Delivered {
-        return delivery.finish(tx).await;
-    }
-    let mut step = Step::new(event, order, &state, delivery.clock().now());
-    step.advance(OrderStatus::Completed, EventType::OrderCompleted, json!({}));
-    step.commit(tx, &state, delivery).await
+    let snapshot = current_status(delivery, event, order).await?;
+    commit_step(delivery, event, order, snapshot, |state, step| {
+        if status_of(state)? != OrderStatus::Delivered {
+            return Ok(false);
+        }
+        step.advance(OrderStatus::Completed, EventType::OrderCompleted, json!({}));
+        Ok(true)
+    })
+    .await
 }
 
 /// Cancels the order within a step: gives back its stock and announces why (a reason code and

@@ -61,7 +61,7 @@ pub fn record(
         entity_type: draft.entity_type.clone(),
         entity_id: draft.entity_id.clone(),
         // Serializing a draft of plain data cannot fail.
-        body: serde_json::to_value(&draft).unwrap_or(Value::Null),
+        body: serde_json::to_string(&draft).unwrap_or_else(|_| "null".to_owned()),
     }
 }
 

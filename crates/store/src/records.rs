@@ -272,7 +272,9 @@ pub struct NewAuditRecord {
     pub at: DateTime<Utc>,
     pub entity_type: String,
     pub entity_id: String,
-    pub body: serde_json::Value,
+    /// The draft as JSON text, serialized once where the record is made: a change's
+    /// transaction only stores it.
+    pub body: String,
 }
 
 /// A stored audit record; `sequence`, `prev_hash` and `hash` are `None` until sealed.

@@ -103,6 +103,18 @@ pub trait Tx: Send {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Locks an order for the rest of the transaction, like [`Tx::lock_order`], and tells
+    /// whether it is still in `status` with `saga`. A step computed from an earlier read of
+    /// the order needs nothing more to know that its writes still follow: no other column of
+    /// an order changes after it is placed. `false` also when the order does not exist.
+    async fn order_still(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+    ) -> Result<bool, StoreError>;
+
     /// Locks an order and its saga state for the rest of the transaction.
     async fn lock_order(
         &mut self,

@@ -29,6 +29,7 @@ tally_testkit::engine_tests!(
     repeated_delivered_webhooks_apply_once,
     cancelling_a_reserved_order_releases_its_stock,
     cancel_refuses_what_it_cannot_do,
+    a_step_sees_whether_its_order_changed,
     a_returned_order_is_restocked_and_refunded_once,
     ledger_and_audit_tell_a_completed_orders_story,
     dead_letters_are_listed_by_status,
@@ -502,6 +503,53 @@ async fn cancelling_a_reserved_order_releases_its_stock(engine: Engine) {
     );
     assert_eq!(count(EffectKind::Capture), 0, "nothing captured");
     assert_eq!(count(EffectKind::Shipment), 0, "nothing shipped");
+    app.stop().await;
+}
+
+/// What a saga step checks before storing rows it made from an earlier read of its order:
+/// the order as read is "still" the order only with the same status and the same saga, and an
+/// unknown order never is. The check takes the order's lock and writes nothing.
+async fn a_step_sees_whether_its_order_changed(engine: Engine) {
+    let app = spawn_app(engine).await;
+    stock_up(&app).await;
+    let (id, _) = completed_order(&app, 1).await;
+    let order: OrderId = id.parse().expect("an order id");
+    let read = app
+        .store()
+        .order(app.tenant, order)
+        .await
+        .expect("read the order")
+        .expect("the order exists");
+    let mut tx = app.store().begin().await.expect("begin");
+    assert!(
+        tx.order_still(app.tenant, order, &read.status, &read.saga)
+            .await
+            .expect("check"),
+        "unchanged"
+    );
+    assert!(
+        !tx.order_still(app.tenant, order, "delivered", &read.saga)
+            .await
+            .expect("check"),
+        "another status"
+    );
+    let mut moved = read.saga.clone();
+    moved.cancel_requested = !moved.cancel_requested;
+    assert!(
+        !tx.order_still(app.tenant, order, &read.status, &moved)
+            .await
+            .expect("check"),
+        "another saga"
+    );
+    assert!(
+        !tx.order_still(app.tenant, OrderId::generate(), &read.status, &read.saga)
+            .await
+            .expect("check"),
+        "an unknown order"
+    );
+    tx.rollback().await.expect("rollback");
+    let after = order_of(&app, &id).await;
+    assert_eq!(after["status"], "completed", "{after}");
     app.stop().await;
 }
 

@@ -380,6 +380,28 @@ impl Tx for PgTx {
         row.as_ref().map(super::store::order_state).transpose()
     }
 
+    async fn order_still(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT status, saga FROM orders WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let current: String = row.try_get("status")?;
+        let Json(current_saga): Json<Saga> = row.try_get("saga")?;
+        Ok(current == status && current_saga == *saga)
+    }
+
     async fn update_order(
         &mut self,
         tenant: TenantId,
@@ -491,12 +513,12 @@ impl Tx for PgTx {
 
     async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
         )
         .bind(record.tenant_id.as_uuid())
         .bind(record.id)
         .bind(record.at)
-        .bind(Json(&record.body))
+        .bind(record.body.as_str())
         .bind(&record.entity_type)
         .bind(&record.entity_id)
         .execute(&mut *self.tx)

@@ -326,6 +326,30 @@ impl Tx for SqliteTx {
         row.as_ref().map(super::store::order_state).transpose()
     }
 
+    async fn order_still(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+    ) -> Result<bool, StoreError> {
+        // The single writer holds the lock already.
+        let row = sql::query("SELECT status, saga FROM orders WHERE tenant_id = ? AND id = ?")
+            .bind(tenant.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(self.tx.connection()?)?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let current: String = row.try_get("status")?;
+        if current != status {
+            return Ok(false);
+        }
+        let current: String = row.try_get("saga")?;
+        let current: Saga = serde_json::from_str(&current).map_err(|e| corrupt("saga", e))?;
+        Ok(current == *saga)
+    }
+
     async fn update_order(
         &mut self,
         tenant: TenantId,
@@ -442,7 +466,7 @@ impl Tx for SqliteTx {
         .bind(record.tenant_id.as_uuid())
         .bind(record.id)
         .bind(to_micros(record.at))
-        .bind(record.body.to_string())
+        .bind(record.body.as_str())
         .bind(&record.entity_type)
         .bind(&record.entity_id)
         .execute(self.tx.connection()?)?;
