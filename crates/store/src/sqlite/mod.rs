@@ -8,8 +8,8 @@
 //! inserted is their commit order: an event's position is given when it is inserted, and the
 //! log is gap-free by construction.
 //!
-//! Statements run on the calling thread (see [`sql`]): they take microseconds, and only a
-//! group's commit, which waits for the disk, steps aside from the async runtime.
+//! Statements run on the calling thread (see [`sql`]): they take microseconds. So does a
+//! group's commit, which waits for the disk: see [`group`] for why it does not step aside.
 
 mod checkpoint;
 mod group;
