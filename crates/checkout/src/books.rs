@@ -6,15 +6,14 @@ use serde_json::{Value, json};
 use tally_dispatch::{Delivery, EffectError};
 use tally_domain::checkout::Saga;
 use tally_domain::event::{EventDraft, EventType};
-use tally_domain::ids::{OrderId, TenantId};
+use tally_domain::ids::OrderId;
 use tally_domain::money::Currency;
 use tally_domain::order::OrderStatus;
 use tally_ledger::{EntryKind, JournalEntry, payment};
 use tally_store::audit::{Actor, Change, cause_of};
+use tally_store::effect::OrderChange;
 use tally_store::log::{Causes, envelope};
-use tally_store::{
-    LogEvent, NewAuditRecord, NewEvent, NewJournalEntry, OrderState, PostingRecord, Tx,
-};
+use tally_store::{LogEvent, NewJournalEntry, OrderState, PostingRecord, Tx};
 
 use crate::saga::CHECKOUT_GROUP;
 
@@ -136,6 +135,9 @@ pub(crate) fn refund(
 pub(crate) struct Step<'a> {
     event: &'a LogEvent,
     order: OrderId,
+    /// The order's status and saga before the step.
+    status_before: String,
+    saga_before: Saga,
     before: Value,
     status: Option<OrderStatus>,
     drafts: Vec<EventDraft>,
@@ -153,6 +155,8 @@ impl<'a> Step<'a> {
         Self {
             event,
             order,
+            status_before: state.record.status.clone(),
+            saga_before: state.saga.clone(),
             before: json!({"status": state.record.status, "saga": state.saga}),
             status: None,
             drafts: Vec::new(),
@@ -185,9 +189,9 @@ impl<'a> Step<'a> {
         self.journal.push(entry);
     }
 
-    /// The step's rows, ready to store, for the order as `state` leaves it: everything but
-    /// the inserts themselves, so that it can be done before the step takes the store's writer.
-    pub(crate) fn prepare(self, state: &OrderState, partitions: u32) -> Prepared {
+    /// The step's change, ready to store, for the order as `state` leaves it: everything but
+    /// the inserts themselves, so that it can be made before the step takes the store's writer.
+    pub(crate) fn prepare(self, state: &OrderState, partitions: u32) -> OrderChange {
         let tenant = self.event.tenant_id;
         let status = self
             .status
@@ -215,59 +219,31 @@ impl<'a> Step<'a> {
         let actor = Actor::System(CHECKOUT_GROUP.to_owned());
         let audit =
             tally_store::audit::record(tenant, self.now, actor, change, cause_of(self.event));
-        Prepared {
+        OrderChange {
             tenant,
             order: self.order,
+            expected_status: self.status_before,
+            expected_saga: self.saga_before,
             status,
             saga: state.saga.clone(),
-            now: self.now,
+            at: self.now,
             journal: self.journal,
-            events,
             audit,
+            events,
         }
     }
 
-    /// Writes the order, the ledger entries, the events and the audit record, then finishes
-    /// the delivery.
+    /// Writes the order, the ledger entries, the events and the audit record in `tx`, which
+    /// holds the order's lock, then finishes the delivery.
     pub(crate) async fn commit(
         self,
-        tx: Box<dyn Tx>,
+        mut tx: Box<dyn Tx>,
         state: &OrderState,
         delivery: &Delivery,
     ) -> Result<(), EffectError> {
         self.prepare(state, delivery.store().log_partitions())
-            .write(tx, delivery)
-            .await
-    }
-}
-
-/// A step's rows, ready to store.
-#[derive(Debug)]
-pub(crate) struct Prepared {
-    tenant: TenantId,
-    order: OrderId,
-    status: String,
-    saga: Saga,
-    now: DateTime<Utc>,
-    journal: Vec<NewJournalEntry>,
-    events: Vec<NewEvent>,
-    audit: NewAuditRecord,
-}
-
-impl Prepared {
-    /// Stores the rows in `tx` and finishes the delivery.
-    pub(crate) async fn write(
-        self,
-        mut tx: Box<dyn Tx>,
-        delivery: &Delivery,
-    ) -> Result<(), EffectError> {
-        tx.update_order(self.tenant, self.order, &self.status, &self.saga, self.now)
+            .write(tx.as_mut())
             .await?;
-        for entry in &self.journal {
-            tx.insert_journal_entry(self.tenant, entry).await?;
-        }
-        tx.insert_audit(&self.audit).await?;
-        tx.append_events(&self.events).await?;
         delivery.finish(tx).await
     }
 }

@@ -18,9 +18,10 @@ use tally_domain::event::EventType;
 use tally_domain::ids::OrderId;
 use tally_domain::inventory::StockLevel;
 use tally_domain::order::OrderStatus;
+use tally_store::effect::OrderChange;
 use tally_store::{LogEvent, MovementKind, OrderState, Tx};
 
-use crate::books::{self, Prepared, Step};
+use crate::books::{self, Step};
 use crate::partners::{Authorization, Capture, Partners};
 
 /// The consumer group that runs the checkout saga.
@@ -107,9 +108,10 @@ async fn open(
 /// Commits a step whose writes follow from the order alone, with no stock to lock. `plan`
 /// applies the step to an order (`false`: it does not apply, and only the inbox row is
 /// written). It runs on `snapshot`, the order as read before the partner call, before the step
-/// takes the store's writer, which then only checks that the order is unchanged and inserts
-/// the rows. Should the order have changed meanwhile (a cancellation request raced the step),
-/// `plan` runs again on the order as locked, as every step did before.
+/// takes the store's writer, which then only checks that the order is unchanged and stores the
+/// rows (on SQLite, together with other steps in one hold of the writer). Should the order have
+/// changed meanwhile (a cancellation request raced the step), or should the step not apply to
+/// the snapshot, `plan` runs again on the order as locked, as every step did before.
 async fn commit_step<F>(
     delivery: &Delivery,
     event: &LogEvent,
@@ -122,34 +124,25 @@ where
 {
     let now = delivery.clock().now();
     let partitions = delivery.store().log_partitions();
-    let prepare = |mut state: OrderState| -> Result<Option<Prepared>, EffectError> {
+    let prepare = |mut state: OrderState| -> Result<Option<OrderChange>, EffectError> {
         let mut step = Step::new(event, order, &state, now);
         if !plan(&mut state, &mut step)? {
             return Ok(None);
         }
         Ok(Some(step.prepare(&state, partitions)))
     };
-    let (status, saga) = (snapshot.record.status.clone(), snapshot.saga.clone());
-    let ready = prepare(snapshot)?;
-    let Some(mut tx) = delivery.begin().await? else {
+    if let Some(change) = prepare(snapshot)?
+        && delivery.write(change).await?
+    {
+        return Ok(());
+    }
+    let Some((mut tx, state)) = open(delivery, event, order).await? else {
         return Ok(());
     };
-    let ready = if tx
-        .order_still(event.tenant_id, order, &status, &saga)
-        .await?
-    {
-        ready
-    } else {
-        let state = tx
-            .lock_order(event.tenant_id, order)
-            .await?
-            .ok_or_else(|| EffectError::Permanent(format!("order {order} does not exist")))?;
-        prepare(state)?
-    };
-    match ready {
-        Some(ready) => ready.write(tx, delivery).await,
-        None => delivery.finish(tx).await,
+    if let Some(change) = prepare(state)? {
+        change.write(tx.as_mut()).await?;
     }
+    delivery.finish(tx).await
 }
 
 fn status_of(state: &OrderState) -> Result<OrderStatus, EffectError> {

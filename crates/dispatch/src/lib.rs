@@ -34,6 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_domain::clock::Clock;
 use tally_domain::ids::EventId;
+use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect};
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError, Tx};
 
 pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_delay};
@@ -204,6 +205,31 @@ impl Delivery {
             self.finish(tx).await?;
         }
         Ok(())
+    }
+
+    /// Stores an effect whose rows are all made, with the event's inbox row, in a transaction
+    /// of its own: on SQLite one of many run in a single hold of the writer. `Ok(false)` when
+    /// the order changed since `change` was made from it, and nothing was stored: the effect
+    /// must be made again from the order as it is now.
+    pub async fn write(&self, change: OrderChange) -> Result<bool, EffectError> {
+        let settles = match &self.origin {
+            Origin::Partition => None,
+            Origin::DeadLetter(letter) => Some((**letter).clone()),
+        };
+        let effect = PreparedEffect {
+            group: self.group,
+            event: self.event.id,
+            settles,
+            change,
+        };
+        match self.store.write_effect(effect).await? {
+            EffectOutcome::Written => {
+                self.wake.notify_waiters();
+                Ok(true)
+            }
+            EffectOutcome::AlreadyApplied => Ok(true),
+            EffectOutcome::OrderChanged => Ok(false),
+        }
     }
 
     /// Marks a retried dead letter settled (for such a delivery) and commits.

@@ -16,6 +16,7 @@
 pub mod audit;
 mod codec;
 pub mod command;
+pub mod effect;
 pub mod lease;
 pub mod log;
 pub mod postgres;
@@ -165,6 +166,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Starts one command transaction. Dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+
+    /// Stores a consumer's effect whose rows are all made, in a transaction of its own, and
+    /// returns once it committed (or what kept it from being stored).
+    async fn write_effect(
+        &self,
+        effect: effect::PreparedEffect,
+    ) -> Result<effect::EffectOutcome, StoreError> {
+        effect::write_in(self.begin().await?, &effect).await
+    }
 
     /// Checks that the database answers; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -17,12 +17,13 @@
 //! its commit returned, and a commit that returned is durable. A member sees the writes of the
 //! members before it in its group; it commits with them or fails with them.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, PoisonError};
 
 use rusqlite::Connection;
 use std::time::Instant;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard, oneshot, watch};
 
 use super::sql::Query;
 use crate::StoreError;
@@ -53,6 +54,34 @@ fn frame(connection: &Connection, statement: &str) -> Result<(), rusqlite::Error
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     group: Arc<Mutex<Group>>,
+    /// Jobs waiting for whoever holds the writer next (see [`Writer::run`]).
+    queue: Arc<std::sync::Mutex<VecDeque<Queued>>>,
+}
+
+/// Work whose statements are all known before it takes the writer: it runs on the writer
+/// connection inside a savepoint of its own and answers whether to keep what it wrote.
+pub(crate) type Job = Box<dyn FnOnce(&Connection) -> Result<bool, StoreError> + Send>;
+
+/// A job in the queue, with where to say what became of it.
+struct Queued {
+    job: Job,
+    ran: oneshot::Sender<Ran>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued").finish_non_exhaustive()
+    }
+}
+
+/// What became of a queued job.
+enum Ran {
+    /// Released into the group: it commits with it.
+    Kept(watch::Receiver<Outcome>),
+    /// Undone. When members were before it in the group, its answer may rest on their writes,
+    /// so it waits for their outcome too.
+    Undone(Option<watch::Receiver<Outcome>>),
+    Failed(StoreError),
 }
 
 #[derive(Debug)]
@@ -93,30 +122,63 @@ impl Writer {
                 open: None,
                 generation: 0,
             })),
+            queue: Arc::default(),
+        }
+    }
+
+    /// Runs `job` as a member of its own and returns, once its group committed, whether it
+    /// kept its writes. The job queues, and whoever takes the writer next runs every queued
+    /// job back to back, each in its own savepoint, before its own work: one hold of the
+    /// writer for them all, where members each taking it would pass it from task to task,
+    /// tens of microseconds each time, while the next holder waits for the runtime to run it.
+    pub(crate) async fn run(&self, job: Job) -> Result<bool, StoreError> {
+        let (sender, mut ran) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(Queued { job, ran: sender });
+        let ran = tokio::select! {
+            biased;
+            ran = &mut ran => ran,
+            mut guard = Held::lock(Arc::clone(&self.group)) => {
+                // Queued before the writer was taken, so run by now or by this drain.
+                self.drain(&mut guard);
+                drop(guard);
+                ran.await
+            }
+        };
+        let ran = ran.map_err(|_| StoreError::CommitFailed("a queued job was dropped".into()))?;
+        match ran {
+            Ran::Kept(outcome) => outcome_of(outcome).await.map(|()| true),
+            Ran::Undone(Some(outcome)) => outcome_of(outcome).await.map(|()| false),
+            Ran::Undone(None) => Ok(false),
+            Ran::Failed(error) => Err(error),
+        }
+    }
+
+    /// Runs every queued job, in the order they queued.
+    fn drain(&self, guard: &mut Held) {
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let Some(Queued { job, ran }) = next else {
+                return;
+            };
+            let outcome = run_job(guard, &self.group, job);
+            // A caller that gave up waiting leaves the job as it ran, like a member whose
+            // caller stopped waiting for its commit.
+            let _ = ran.send(outcome);
         }
     }
 
     /// Begins a member: waits for the writer, opening a SQLite transaction if none is open.
     pub(crate) async fn begin(&self) -> Result<Member, StoreError> {
         let mut guard = Held::lock(Arc::clone(&self.group)).await;
-        settle(&mut guard);
-        if guard.open.is_none() {
-            // A rollback that failed earlier may have left SQLite inside a transaction.
-            end_transaction(&guard.connection);
-            frame(&guard.connection, BEGIN)?;
-            guard.generation += 1;
-            guard.open = Some(Open {
-                members: 0,
-                abandoned: false,
-                outcome: watch::Sender::new(None),
-                generation: guard.generation,
-            });
-        }
-        if let Err(error) = frame(&guard.connection, SAVEPOINT) {
-            // Nothing of this member exists yet; the group goes on without it.
-            settle(&mut guard);
-            return Err(error.into());
-        }
+        self.drain(&mut guard);
+        enter(&mut guard)?;
         Ok(Member {
             group: Arc::clone(&self.group),
             guard: Some(guard),
@@ -165,37 +227,7 @@ impl Member {
         if guard.open.is_none() {
             return Err(StoreError::Corrupt("a member outlived its group".into()));
         }
-        if guard.connection.is_autocommit() {
-            fail_group(&mut guard, TRANSACTION_LOST);
-            return Err(StoreError::CommitFailed(TRANSACTION_LOST.into()));
-        }
-        if let Err(error) = frame(&guard.connection, RELEASE) {
-            // Only a dead SQLite transaction refuses to release a savepoint.
-            fail_group(&mut guard, &error.to_string());
-            return Err(error.into());
-        }
-        let Some(open) = guard.open.as_mut() else {
-            return Err(StoreError::Corrupt("a member outlived its group".into()));
-        };
-        open.members += 1;
-        let outcome = open.outcome.subscribe();
-        if open.members >= GROUP_COUNT_MAX {
-            commit_group(&mut guard);
-        } else if open.members == 1 {
-            // The first member in: it queues the group's committer.
-            let (group, generation) = (Arc::clone(&self.group), open.generation);
-            tokio::spawn(async move {
-                // Queued behind the commands waiting now, which join the group meanwhile.
-                let mut guard = Held::lock(group).await;
-                if guard
-                    .open
-                    .as_ref()
-                    .is_some_and(|open| open.generation == generation)
-                {
-                    commit_group(&mut guard);
-                }
-            });
-        }
+        let outcome = join(&mut guard, &self.group)?;
         drop(guard);
         outcome_of(outcome).await
     }
@@ -235,6 +267,112 @@ impl Member {
             }
         }
     }
+}
+
+/// Opens a member in the held writer: a savepoint, in a SQLite transaction opened if none is.
+fn enter(guard: &mut Held) -> Result<(), StoreError> {
+    settle(guard);
+    if guard.open.is_none() {
+        // A rollback that failed earlier may have left SQLite inside a transaction.
+        end_transaction(&guard.connection);
+        frame(&guard.connection, BEGIN)?;
+        guard.generation += 1;
+        guard.open = Some(Open {
+            members: 0,
+            abandoned: false,
+            outcome: watch::Sender::new(None),
+            generation: guard.generation,
+        });
+    }
+    if let Err(error) = frame(&guard.connection, SAVEPOINT) {
+        // Nothing of this member exists yet; the group goes on without it.
+        settle(guard);
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Releases the open member's savepoint into the group; what the group's commit comes to.
+fn join(
+    guard: &mut Held,
+    group: &Arc<Mutex<Group>>,
+) -> Result<watch::Receiver<Outcome>, StoreError> {
+    if guard.open.is_none() {
+        return Err(StoreError::Corrupt("a member outlived its group".into()));
+    }
+    if guard.connection.is_autocommit() {
+        fail_group(guard, TRANSACTION_LOST);
+        return Err(StoreError::CommitFailed(TRANSACTION_LOST.into()));
+    }
+    if let Err(error) = frame(&guard.connection, RELEASE) {
+        // Only a dead SQLite transaction refuses to release a savepoint.
+        fail_group(guard, &error.to_string());
+        return Err(error.into());
+    }
+    let Some(open) = guard.open.as_mut() else {
+        return Err(StoreError::Corrupt("a member outlived its group".into()));
+    };
+    open.members += 1;
+    let outcome = open.outcome.subscribe();
+    if open.members >= GROUP_COUNT_MAX {
+        commit_group(guard);
+    } else if open.members == 1 {
+        // The first member in: it queues the group's committer.
+        let (group, generation) = (Arc::clone(group), open.generation);
+        tokio::spawn(async move {
+            // Queued behind the commands waiting now, which join the group meanwhile.
+            let mut guard = Held::lock(group).await;
+            if guard
+                .open
+                .as_ref()
+                .is_some_and(|open| open.generation == generation)
+            {
+                commit_group(&mut guard);
+            }
+        });
+    }
+    Ok(outcome)
+}
+
+/// Runs a queued job as a member: kept in the group, or undone.
+fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, job: Job) -> Ran {
+    if let Err(error) = enter(guard) {
+        return Ran::Failed(error);
+    }
+    let kept = match job(&guard.connection) {
+        Ok(kept) => kept,
+        Err(error) => {
+            undo(guard);
+            return Ran::Failed(error);
+        }
+    };
+    if !kept {
+        return Ran::Undone(undo(guard));
+    }
+    match join(guard, group) {
+        Ok(outcome) => Ran::Kept(outcome),
+        Err(error) => Ran::Failed(error),
+    }
+}
+
+/// Undoes the open member's savepoint. With members before it in the group, what it read may
+/// rest on their writes: then the group's outcome, to wait for.
+fn undo(guard: &mut Held) -> Option<watch::Receiver<Outcome>> {
+    let outcome = guard
+        .open
+        .as_ref()
+        .filter(|open| open.members > 0)
+        .map(|open| open.outcome.subscribe());
+    if guard.connection.is_autocommit() {
+        fail_group(guard, TRANSACTION_LOST);
+    } else if let Some(open) = guard.open.as_mut() {
+        open.abandoned = true;
+    }
+    undo_abandoned(guard);
+    if outcome.is_none() {
+        settle(guard);
+    }
+    outcome
 }
 
 /// Waits until the group ends and returns its outcome.
@@ -487,6 +625,115 @@ mod tests {
             }
         });
         assert_both_fail(first, second).await;
+        let third = writer.begin().await.expect("begin");
+        let parents: i64 = sql::query("SELECT count(*) FROM parent")
+            .fetch_scalar(third.connection().expect("connection"))
+            .expect("read");
+        assert_eq!(parents, 0, "nothing of the group is stored");
+        third.commit().await.expect("commit");
+    }
+
+    /// A job inserting parent `id`, then keeping it, undoing it or failing.
+    fn insert_parent(id: i64, end: Result<bool, ()>) -> Job {
+        Box::new(move |connection| {
+            sql::query("INSERT INTO parent (id) VALUES (?)")
+                .bind(id)
+                .execute(connection)?;
+            end.map_err(|()| StoreError::Corrupt("the job fails".into()))
+        })
+    }
+
+    /// Hundreds of queued jobs, and members beside them, all at once: each job's call answers
+    /// what the job answered, and exactly the rows of the jobs that kept theirs and of the
+    /// members that committed are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_jobs_keep_exactly_what_they_keep() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir);
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..400_i64 {
+            let writer = writer.clone();
+            tasks.spawn(async move {
+                let (answer, kept) = match id % 4 {
+                    0 => {
+                        let member = writer.begin().await.expect("begin");
+                        sql::query("INSERT INTO parent (id) VALUES (?)")
+                            .bind(id)
+                            .execute(member.connection().expect("connection"))
+                            .expect("insert");
+                        member.commit().await.expect("commit");
+                        (Ok(true), true)
+                    }
+                    1 => (writer.run(insert_parent(id, Ok(true))).await, true),
+                    2 => (writer.run(insert_parent(id, Ok(false))).await, false),
+                    _ => (writer.run(insert_parent(id, Err(()))).await, false),
+                };
+                match id % 4 {
+                    3 => assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}"),
+                    _ => assert_eq!(answer.expect("run"), kept, "job {id}"),
+                }
+                (id, kept)
+            });
+        }
+        let mut expected: Vec<i64> = tasks
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(|(id, kept)| kept.then_some(id))
+            .collect();
+        expected.sort_unstable();
+        let member = writer.begin().await.expect("begin");
+        let stored: Vec<i64> = sql::query("SELECT id FROM parent ORDER BY id")
+            .fetch_all_scalar(member.connection().expect("connection"))
+            .expect("read");
+        assert_eq!(stored, expected);
+        member.commit().await.expect("commit");
+    }
+
+    /// Queued jobs in a group whose commit fails fail too: the one that kept its writes, and
+    /// the one that undid them after reading what the member before it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_jobs_fail_with_their_group() {
+        let dir = tempfile::tempdir().expect("dir");
+        let writer = writer(&dir);
+        let first = writer.begin().await.expect("begin");
+        first
+            .connection()
+            .expect("connection")
+            .execute_batch(
+                "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
+            )
+            .expect("insert");
+        let kept = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.run(insert_parent(1, Ok(true))).await }
+        });
+        let undone = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .run(Box::new(|connection| {
+                        let children: i64 =
+                            sql::query("SELECT count(*) FROM child").fetch_scalar(connection)?;
+                        assert_eq!(children, 1, "the member before it is visible");
+                        Ok(false)
+                    }))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let committed = first.commit().await;
+        assert!(
+            matches!(committed, Err(StoreError::CommitFailed(_))),
+            "{committed:?}"
+        );
+        for job in [kept, undone] {
+            let answer = job.await.expect("task");
+            assert!(
+                matches!(answer, Err(StoreError::CommitFailed(_))),
+                "{answer:?}"
+            );
+        }
         let third = writer.begin().await.expect("begin");
         let parents: i64 = sql::query("SELECT count(*) FROM parent")
             .fetch_scalar(third.connection().expect("connection"))

@@ -1,6 +1,7 @@
 //! Reads, tenant set-up, the log and maintenance on SQLite.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, PoisonError};
 
 use super::sql::{self, Row};
 use async_trait::async_trait;
@@ -9,6 +10,7 @@ use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
 use super::SqliteStore;
+use crate::effect::{EffectOutcome, PreparedEffect};
 use crate::records::*;
 use crate::{DISCARDED, Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
 
@@ -21,6 +23,20 @@ impl Store for SqliteStore {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let tx = self.writer.begin().await?;
         Ok(Box::new(super::tx::SqliteTx::new(tx)))
+    }
+
+    async fn write_effect(&self, effect: PreparedEffect) -> Result<EffectOutcome, StoreError> {
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let answer = Arc::clone(&outcome);
+        self.writer
+            .run(Box::new(move |connection| {
+                let (keep, outcome) = super::tx::write_effect(connection, &effect)?;
+                *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+                Ok(keep)
+            }))
+            .await?;
+        let outcome = *outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        outcome.ok_or_else(|| StoreError::Corrupt("a queued effect did not run".into()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

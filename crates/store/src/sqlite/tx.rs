@@ -1,5 +1,7 @@
 //! One command transaction on SQLite's single writer connection.
 
+use rusqlite::Connection;
+
 use super::sql::{self, Row};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,6 +16,7 @@ use tally_domain::text::Code;
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId};
 
+use crate::effect::{EffectOutcome, PreparedEffect, settled};
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
     NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
@@ -54,6 +57,211 @@ pub(super) fn idempotency_record(row: &Row) -> Result<IdempotencyRecord, StoreEr
 /// list's length and stays in the prepared-statement cache.
 fn json_list(skus: &[Sku]) -> String {
     serde_json::Value::from(skus.iter().map(Sku::as_str).collect::<Vec<_>>()).to_string()
+}
+
+pub(super) fn append_events(
+    connection: &Connection,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        sql::query(
+            "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(event.id.as_uuid())
+        .bind(event.tenant_id.as_uuid())
+        .bind(event.event_type)
+        .bind(&event.source)
+        .bind(&event.subject)
+        .bind(&event.partition_key)
+        .bind(i64::from(event.partition))
+        .bind(to_micros(event.time))
+        .bind(event.data.to_string())
+        .bind(event.correlation_id.as_deref())
+        .bind(event.causation_id.as_deref())
+        .bind(event.traceparent.as_deref())
+        .execute(connection)?;
+    }
+    Ok(())
+}
+
+pub(super) fn insert_inbox(
+    connection: &Connection,
+    group: &str,
+    event: EventId,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = sql::query(
+        "INSERT INTO inbox (group_name, event_id, applied_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(group)
+    .bind(event.as_uuid())
+    .bind(to_micros(now))
+    .execute(connection)?;
+    Ok(done == 1)
+}
+
+pub(super) fn upsert_dead_letter(
+    connection: &Connection,
+    letter: &DeadLetterRecord,
+) -> Result<(), StoreError> {
+    sql::query(
+        "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
+         status = excluded.status, updated_at = excluded.updated_at \
+         WHERE dead_letters.status <> ?",
+    )
+    .bind(letter.id)
+    .bind(letter.tenant_id.as_uuid())
+    .bind(&letter.group)
+    .bind(letter.event_id.as_uuid())
+    .bind(i64::from(letter.partition))
+    .bind(letter.position)
+    .bind(&letter.event_type)
+    .bind(&letter.subject)
+    .bind(&letter.error)
+    .bind(letter.attempts.to_string())
+    .bind(&letter.status)
+    .bind(to_micros(letter.created_at))
+    .bind(to_micros(letter.updated_at))
+    .bind(crate::DISCARDED)
+    .execute(connection)?;
+    Ok(())
+}
+
+pub(super) fn order_still(
+    connection: &Connection,
+    tenant: TenantId,
+    id: OrderId,
+    status: &str,
+    saga: &Saga,
+) -> Result<bool, StoreError> {
+    // The single writer holds the lock already.
+    let row = sql::query("SELECT status, saga FROM orders WHERE tenant_id = ? AND id = ?")
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(connection)?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let current: String = row.try_get("status")?;
+    if current != status {
+        return Ok(false);
+    }
+    let current: String = row.try_get("saga")?;
+    let current: Saga = serde_json::from_str(&current).map_err(|e| corrupt("saga", e))?;
+    Ok(current == *saga)
+}
+
+pub(super) fn update_order(
+    connection: &Connection,
+    tenant: TenantId,
+    id: OrderId,
+    status: &str,
+    saga: &Saga,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let saga = serde_json::to_string(saga).map_err(|e| corrupt("saga", e))?;
+    sql::query(
+        "UPDATE orders SET status = ?, saga = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
+    )
+    .bind(status)
+    .bind(saga)
+    .bind(to_micros(now))
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .execute(connection)?;
+    Ok(())
+}
+
+pub(super) fn insert_journal_entry(
+    connection: &Connection,
+    tenant: TenantId,
+    entry: &NewJournalEntry,
+) -> Result<(), StoreError> {
+    for (line, posting) in entry.postings.iter().enumerate() {
+        sql::query(
+            "INSERT INTO postings (tenant_id, entry_id, line, account, currency, amount_minor) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(&entry.id)
+        .bind(i64::try_from(line).unwrap_or(i64::MAX))
+        .bind(&posting.account)
+        .bind(&posting.currency)
+        .bind(posting.amount_minor)
+        .execute(connection)?;
+    }
+    sql::query(
+        "INSERT INTO journal_entries (tenant_id, id, kind, pending_id, body, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&entry.id)
+    .bind(&entry.kind)
+    .bind(entry.pending_id.as_deref())
+    .bind(entry.body.to_string())
+    .bind(entry.order_id.map(|id| id.as_uuid()))
+    .bind(to_micros(entry.created_at))
+    .execute(connection)?;
+    Ok(())
+}
+
+pub(super) fn insert_audit(
+    connection: &Connection,
+    record: &NewAuditRecord,
+) -> Result<(), StoreError> {
+    sql::query(
+        "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(record.tenant_id.as_uuid())
+    .bind(record.id)
+    .bind(to_micros(record.at))
+    .bind(record.body.as_str())
+    .bind(&record.entity_type)
+    .bind(&record.entity_id)
+    .execute(connection)?;
+    Ok(())
+}
+
+/// Stores a prepared effect on the writer connection, as one queued job of the writer: the
+/// statements of [`crate::effect::write_in`], run without a task switch between them. Whether
+/// to keep what it wrote, and the outcome.
+pub(super) fn write_effect(
+    connection: &Connection,
+    effect: &PreparedEffect,
+) -> Result<(bool, EffectOutcome), StoreError> {
+    let change = &effect.change;
+    let outcome = if !insert_inbox(connection, effect.group, effect.event, change.at)? {
+        EffectOutcome::AlreadyApplied
+    } else if !order_still(
+        connection,
+        change.tenant,
+        change.order,
+        &change.expected_status,
+        &change.expected_saga,
+    )? {
+        return Ok((false, EffectOutcome::OrderChanged));
+    } else {
+        update_order(
+            connection,
+            change.tenant,
+            change.order,
+            &change.status,
+            &change.saga,
+            change.at,
+        )?;
+        for entry in &change.journal {
+            insert_journal_entry(connection, change.tenant, entry)?;
+        }
+        insert_audit(connection, &change.audit)?;
+        append_events(connection, &change.events)?;
+        EffectOutcome::Written
+    };
+    if let Some(letter) = &effect.settles {
+        upsert_dead_letter(connection, &settled(letter, change.at))?;
+        return Ok((true, outcome));
+    }
+    Ok((outcome == EffectOutcome::Written, outcome))
 }
 
 #[async_trait]
@@ -231,26 +439,7 @@ impl Tx for SqliteTx {
     }
 
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
-        for event in events {
-            sql::query(
-                "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(event.id.as_uuid())
-            .bind(event.tenant_id.as_uuid())
-            .bind(event.event_type)
-            .bind(&event.source)
-            .bind(&event.subject)
-            .bind(&event.partition_key)
-            .bind(i64::from(event.partition))
-            .bind(to_micros(event.time))
-            .bind(event.data.to_string())
-            .bind(event.correlation_id.as_deref())
-            .bind(event.causation_id.as_deref())
-            .bind(event.traceparent.as_deref())
-            .execute(self.tx.connection()?)?;
-        }
-        Ok(())
+        append_events(self.tx.connection()?, events)
     }
 
     async fn insert_inbox(
@@ -259,40 +448,11 @@ impl Tx for SqliteTx {
         event: EventId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sql::query(
-            "INSERT INTO inbox (group_name, event_id, applied_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(group)
-        .bind(event.as_uuid())
-        .bind(to_micros(now))
-        .execute(self.tx.connection()?)?;
-        Ok(done == 1)
+        insert_inbox(self.tx.connection()?, group, event, now)
     }
 
     async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
-        sql::query(
-            "INSERT INTO dead_letters (id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (group_name, event_id) DO UPDATE SET error = excluded.error, attempts = excluded.attempts, \
-             status = excluded.status, updated_at = excluded.updated_at \
-             WHERE dead_letters.status <> ?",
-        )
-        .bind(letter.id)
-        .bind(letter.tenant_id.as_uuid())
-        .bind(&letter.group)
-        .bind(letter.event_id.as_uuid())
-        .bind(i64::from(letter.partition))
-        .bind(letter.position)
-        .bind(&letter.event_type)
-        .bind(&letter.subject)
-        .bind(&letter.error)
-        .bind(letter.attempts.to_string())
-        .bind(&letter.status)
-        .bind(to_micros(letter.created_at))
-        .bind(to_micros(letter.updated_at))
-        .bind(crate::DISCARDED)
-        .execute(self.tx.connection()?)?;
-        Ok(())
+        upsert_dead_letter(self.tx.connection()?, letter)
     }
 
     async fn insert_webhook_delivery(
@@ -333,21 +493,7 @@ impl Tx for SqliteTx {
         status: &str,
         saga: &Saga,
     ) -> Result<bool, StoreError> {
-        // The single writer holds the lock already.
-        let row = sql::query("SELECT status, saga FROM orders WHERE tenant_id = ? AND id = ?")
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(self.tx.connection()?)?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let current: String = row.try_get("status")?;
-        if current != status {
-            return Ok(false);
-        }
-        let current: String = row.try_get("saga")?;
-        let current: Saga = serde_json::from_str(&current).map_err(|e| corrupt("saga", e))?;
-        Ok(current == *saga)
+        order_still(self.tx.connection()?, tenant, id, status, saga)
     }
 
     async fn update_order(
@@ -358,17 +504,7 @@ impl Tx for SqliteTx {
         saga: &Saga,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let saga = serde_json::to_string(saga).map_err(|e| corrupt("saga", e))?;
-        sql::query(
-            "UPDATE orders SET status = ?, saga = ?, updated_at = ? WHERE tenant_id = ? AND id = ?",
-        )
-        .bind(status)
-        .bind(saga)
-        .bind(to_micros(now))
-        .bind(tenant.as_uuid())
-        .bind(id.as_uuid())
-        .execute(self.tx.connection()?)?;
-        Ok(())
+        update_order(self.tx.connection()?, tenant, id, status, saga, now)
     }
 
     async fn lock_stock(
@@ -433,44 +569,11 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         entry: &NewJournalEntry,
     ) -> Result<(), StoreError> {
-        for (line, posting) in entry.postings.iter().enumerate() {
-            sql::query(
-                "INSERT INTO postings (tenant_id, entry_id, line, account, currency, amount_minor) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(tenant.as_uuid())
-            .bind(&entry.id)
-            .bind(i64::try_from(line).unwrap_or(i64::MAX))
-            .bind(&posting.account)
-            .bind(&posting.currency)
-            .bind(posting.amount_minor)
-            .execute(self.tx.connection()?)?;
-        }
-        sql::query(
-            "INSERT INTO journal_entries (tenant_id, id, kind, pending_id, body, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tenant.as_uuid())
-        .bind(&entry.id)
-        .bind(&entry.kind)
-        .bind(entry.pending_id.as_deref())
-        .bind(entry.body.to_string())
-        .bind(entry.order_id.map(|id| id.as_uuid()))
-        .bind(to_micros(entry.created_at))
-        .execute(self.tx.connection()?)?;
-        Ok(())
+        insert_journal_entry(self.tx.connection()?, tenant, entry)
     }
 
     async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
-        sql::query(
-            "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(record.tenant_id.as_uuid())
-        .bind(record.id)
-        .bind(to_micros(record.at))
-        .bind(record.body.as_str())
-        .bind(&record.entity_type)
-        .bind(&record.entity_id)
-        .execute(self.tx.connection()?)?;
-        Ok(())
+        insert_audit(self.tx.connection()?, record)
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {

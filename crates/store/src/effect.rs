@@ -1,0 +1,113 @@
+//! A consumer's effect on an order whose rows were all made before the store's writer was
+//! taken: what the writer does for it is a fixed list of statements, which lets the embedded
+//! engine run many such effects back to back in one hold of its single writer (see
+//! `sqlite::group`), instead of passing the writer from task to task between them.
+
+use chrono::{DateTime, Utc};
+use tally_domain::checkout::Saga;
+use tally_domain::ids::{EventId, OrderId, TenantId};
+
+use crate::records::{DeadLetterRecord, NewAuditRecord, NewEvent, NewJournalEntry};
+use crate::{StoreError, Tx};
+
+/// A change to one order, with everything it writes beside the order: its ledger entries,
+/// audit record and events. It holds only if the order is still in `expected_status` with
+/// `expected_saga`, as when the change was made.
+#[derive(Debug, Clone)]
+pub struct OrderChange {
+    pub tenant: TenantId,
+    pub order: OrderId,
+    pub expected_status: String,
+    pub expected_saga: Saga,
+    pub status: String,
+    pub saga: Saga,
+    pub at: DateTime<Utc>,
+    pub journal: Vec<NewJournalEntry>,
+    pub audit: NewAuditRecord,
+    pub events: Vec<NewEvent>,
+}
+
+impl OrderChange {
+    /// Writes the change in `tx`, whose caller has checked the order (or locked it and made
+    /// the change from what it found).
+    pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        tx.update_order(self.tenant, self.order, &self.status, &self.saga, self.at)
+            .await?;
+        for entry in &self.journal {
+            tx.insert_journal_entry(self.tenant, entry).await?;
+        }
+        tx.insert_audit(&self.audit).await?;
+        tx.append_events(&self.events).await
+    }
+}
+
+/// One event's effect, ready to store: the inbox row that makes it exactly once, and its
+/// change to an order.
+#[derive(Debug, Clone)]
+pub struct PreparedEffect {
+    pub group: &'static str,
+    pub event: EventId,
+    /// A retried dead letter to mark settled with the effect, or `None` from a partition.
+    pub settles: Option<DeadLetterRecord>,
+    pub change: OrderChange,
+}
+
+/// What became of a prepared effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectOutcome {
+    /// Stored and committed.
+    Written,
+    /// The group had applied the event before: nothing of it was stored (but a retried dead
+    /// letter is marked settled).
+    AlreadyApplied,
+    /// The order is no longer as the effect expected: nothing was stored, and the effect must
+    /// be made again from the order as it is now.
+    OrderChanged,
+}
+
+/// What a dead letter becomes when its event's effect is stored or found applied.
+pub(crate) fn settled(letter: &DeadLetterRecord, now: DateTime<Utc>) -> DeadLetterRecord {
+    DeadLetterRecord {
+        status: "retried".to_owned(),
+        updated_at: now,
+        ..letter.clone()
+    }
+}
+
+/// Stores `effect` in a command transaction of its own, through [`Tx`]: how engines without a
+/// faster way do it.
+pub(crate) async fn write_in(
+    mut tx: Box<dyn Tx>,
+    effect: &PreparedEffect,
+) -> Result<EffectOutcome, StoreError> {
+    let change = &effect.change;
+    let outcome = if !tx
+        .insert_inbox(effect.group, effect.event, change.at)
+        .await?
+    {
+        EffectOutcome::AlreadyApplied
+    } else if !tx
+        .order_still(
+            change.tenant,
+            change.order,
+            &change.expected_status,
+            &change.expected_saga,
+        )
+        .await?
+    {
+        tx.rollback().await?;
+        return Ok(EffectOutcome::OrderChanged);
+    } else {
+        change.write(tx.as_mut()).await?;
+        EffectOutcome::Written
+    };
+    match &effect.settles {
+        Some(letter) => {
+            tx.upsert_dead_letter(&settled(letter, change.at)).await?;
+            tx.commit().await?;
+        }
+        None if outcome == EffectOutcome::Written => tx.commit().await?,
+        None => tx.rollback().await?,
+    }
+    Ok(outcome)
+}
