@@ -545,6 +545,20 @@ mod tests {
         member
     }
 
+    /// A member whose write breaks a foreign key checked only at commit: its group's COMMIT
+    /// fails.
+    async fn member_whose_group_fails(writer: &Writer) -> Member {
+        let member = writer.begin().await.expect("begin");
+        member
+            .connection()
+            .expect("connection")
+            .execute_batch(
+                "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
+            )
+            .expect("insert");
+        member
+    }
+
     /// Lets `second` (spawned, about to queue for the writer) join `first`'s group, commits
     /// `first`, and checks that the group's commit fails both: `first`'s commit and `second`'s
     /// rollback.
@@ -572,15 +586,7 @@ mod tests {
     async fn a_failed_group_fails_the_members_that_read_it() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir);
-        let first = writer.begin().await.expect("begin");
-        // A foreign key checked only at commit: the group's COMMIT fails.
-        first
-            .connection()
-            .expect("connection")
-            .execute_batch(
-                "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
-            )
-            .expect("insert");
+        let first = member_whose_group_fails(&writer).await;
         let second = tokio::spawn({
             let writer = writer.clone();
             async move {
@@ -696,14 +702,7 @@ mod tests {
     async fn queued_jobs_fail_with_their_group() {
         let dir = tempfile::tempdir().expect("dir");
         let writer = writer(&dir);
-        let first = writer.begin().await.expect("begin");
-        first
-            .connection()
-            .expect("connection")
-            .execute_batch(
-                "PRAGMA defer_foreign_keys = ON; INSERT INTO child (id, parent) VALUES (1, 99)",
-            )
-            .expect("insert");
+        let first = member_whose_group_fails(&writer).await;
         let kept = tokio::spawn({
             let writer = writer.clone();
             async move { writer.run(insert_parent(1, Ok(true))).await }
