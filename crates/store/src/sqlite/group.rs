@@ -530,6 +530,12 @@ mod tests {
         Writer::new(connection)
     }
 
+    fn parents(member: &Member) -> i64 {
+        sql::query("SELECT count(*) FROM parent")
+            .fetch_scalar(member.connection().expect("connection"))
+            .expect("read")
+    }
+
     fn count(member: &Member) -> i64 {
         sql::query("SELECT count(*) FROM child")
             .fetch_scalar(member.connection().expect("connection"))
@@ -632,9 +638,7 @@ mod tests {
         });
         assert_both_fail(first, second).await;
         let third = writer.begin().await.expect("begin");
-        let parents: i64 = sql::query("SELECT count(*) FROM parent")
-            .fetch_scalar(third.connection().expect("connection"))
-            .expect("read");
+        let parents = parents(&third);
         assert_eq!(parents, 0, "nothing of the group is stored");
         third.commit().await.expect("commit");
     }
@@ -734,9 +738,7 @@ mod tests {
             );
         }
         let third = writer.begin().await.expect("begin");
-        let parents: i64 = sql::query("SELECT count(*) FROM parent")
-            .fetch_scalar(third.connection().expect("connection"))
-            .expect("read");
+        let parents = parents(&third);
         assert_eq!(parents, 0, "nothing of the group is stored");
         third.commit().await.expect("commit");
     }
@@ -767,9 +769,7 @@ mod tests {
         drop(member);
         assert!(writer.group.lock().await.open.is_none());
         let member = writer.begin().await.expect("begin");
-        let parents: i64 = sql::query("SELECT count(*) FROM parent")
-            .fetch_scalar(member.connection().expect("connection"))
-            .expect("read");
+        let parents = parents(&member);
         assert_eq!(parents, 0);
         member.commit().await.expect("commit");
     }
