@@ -13,6 +13,11 @@
 //! the writer passes from command to command once per command, not once more to hand out the
 //! outcome. Rolling a member back (or dropping it) undoes its savepoint alone.
 //!
+//! Passing the writer from task to task costs more than many a member's statements: the next
+//! holder waits for the runtime to run it. So work whose statements are all known before it
+//! takes the writer is a *job* ([`Writer::run`]): it queues, and whoever takes the writer next
+//! runs every queued job, each a member in a savepoint of its own, before its own work.
+//!
 //! What a command relies on is unchanged: its writes are atomic, readers see them only after
 //! its commit returned, and a commit that returned is durable. A member sees the writes of the
 //! members before it in its group; it commits with them or fails with them.
