@@ -138,7 +138,6 @@ pub(crate) struct Step<'a> {
     /// The order's status and saga before the step.
     status_before: String,
     saga_before: Saga,
-    before: Value,
     status: Option<OrderStatus>,
     drafts: Vec<EventDraft>,
     journal: Vec<NewJournalEntry>,
@@ -157,7 +156,6 @@ impl<'a> Step<'a> {
             order,
             status_before: state.record.status.clone(),
             saga_before: state.saga.clone(),
-            before: json!({"status": state.record.status, "saga": state.saga}),
             status: None,
             drafts: Vec::new(),
             journal: Vec::new(),
@@ -213,7 +211,7 @@ impl<'a> Step<'a> {
             entity_type: "order",
             entity_id: self.order.to_string(),
             action,
-            before: Some(self.before),
+            before: Some(json!({"status": self.status_before, "saga": self.saga_before})),
             after: Some(json!({"status": status, "saga": state.saga})),
         };
         let actor = Actor::System(CHECKOUT_GROUP.to_owned());

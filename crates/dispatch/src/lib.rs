@@ -34,7 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_domain::clock::Clock;
 use tally_domain::ids::EventId;
-use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect};
+use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect, settled};
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError, Tx};
 
 pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_delay};
@@ -172,12 +172,8 @@ impl Delivery {
         match &self.origin {
             // A retried letter whose event was applied meanwhile is settled, not retried again.
             Origin::DeadLetter(letter) => {
-                let retried = DeadLetterRecord {
-                    status: "retried".to_owned(),
-                    updated_at: self.clock.now(),
-                    ..(**letter).clone()
-                };
-                tx.upsert_dead_letter(&retried).await?;
+                tx.upsert_dead_letter(&settled(letter, self.clock.now()))
+                    .await?;
                 tx.commit().await?;
             }
             Origin::Partition => tx.rollback().await?,
@@ -237,12 +233,8 @@ impl Delivery {
         match &self.origin {
             Origin::Partition => {}
             Origin::DeadLetter(letter) => {
-                let retried = DeadLetterRecord {
-                    status: "retried".to_owned(),
-                    updated_at: self.clock.now(),
-                    ..(**letter).clone()
-                };
-                tx.upsert_dead_letter(&retried).await?;
+                tx.upsert_dead_letter(&settled(letter, self.clock.now()))
+                    .await?;
             }
         }
         tx.commit().await?;

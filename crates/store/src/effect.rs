@@ -65,8 +65,8 @@ pub enum EffectOutcome {
     OrderChanged,
 }
 
-/// What a dead letter becomes when its event's effect is stored or found applied.
-pub(crate) fn settled(letter: &DeadLetterRecord, now: DateTime<Utc>) -> DeadLetterRecord {
+/// What a retried dead letter becomes once its event's effect is stored or found applied.
+pub fn settled(letter: &DeadLetterRecord, now: DateTime<Utc>) -> DeadLetterRecord {
     DeadLetterRecord {
         status: "retried".to_owned(),
         updated_at: now,

@@ -18,6 +18,8 @@ use tally_sandbox::signature::sign;
 use tally_sandbox::webhooks::{DELIVERED, ID_HEADER, SHIPPED, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use tally_sandbox::{EffectKind, SandboxConfig};
 use tally_store::DeadLetterRecord;
+use tally_store::audit::{Actor, Cause, Change};
+use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect};
 use tally_testkit::{Engine, TestApp, order_body, spawn_app, spawn_app_with};
 use tokio::time::{Instant, sleep};
 use uuid::Uuid;
@@ -30,6 +32,7 @@ tally_testkit::engine_tests!(
     cancelling_a_reserved_order_releases_its_stock,
     cancel_refuses_what_it_cannot_do,
     a_step_sees_whether_its_order_changed,
+    racing_copies_of_a_prepared_effect_apply_once,
     a_returned_order_is_restocked_and_refunded_once,
     ledger_and_audit_tell_a_completed_orders_story,
     dead_letters_are_listed_by_status,
@@ -548,6 +551,115 @@ async fn a_step_sees_whether_its_order_changed(engine: Engine) {
         "an unknown order"
     );
     tx.rollback().await.expect("rollback");
+    let after = order_of(&app, &id).await;
+    assert_eq!(after["status"], "completed", "{after}");
+    app.stop().await;
+}
+
+/// An effect on `order` for `event`, expecting the order in `expected` (status and saga), that
+/// leaves it as it is and writes one audit record of action `effect_test`.
+fn test_effect(
+    app: &TestApp,
+    order: OrderId,
+    event: EventId,
+    expected: (&str, &tally_domain::checkout::Saga),
+) -> PreparedEffect {
+    let now = Utc::now();
+    let change = Change {
+        entity_type: "order",
+        entity_id: order.to_string(),
+        action: "effect_test",
+        before: None,
+        after: None,
+    };
+    let cause = Cause {
+        event_id: Some(event.as_uuid()),
+        ..Cause::default()
+    };
+    PreparedEffect {
+        group: "effect-test",
+        event,
+        settles: None,
+        change: OrderChange {
+            tenant: app.tenant,
+            order,
+            expected_status: expected.0.to_owned(),
+            expected_saga: expected.1.clone(),
+            status: expected.0.to_owned(),
+            saga: expected.1.clone(),
+            at: now,
+            journal: Vec::new(),
+            audit: tally_store::audit::record(
+                app.tenant,
+                now,
+                Actor::System("effect-test".to_owned()),
+                change,
+                cause,
+            ),
+            events: Vec::new(),
+        },
+    }
+}
+
+/// Copies of one prepared effect stored at once, as duplicate deliveries racing each other
+/// would: exactly one is written and the others find it applied, so its audit record exists
+/// once. An effect that expects the order in another status stores nothing, not even its
+/// inbox row.
+async fn racing_copies_of_a_prepared_effect_apply_once(engine: Engine) {
+    let app = spawn_app(engine).await;
+    stock_up(&app).await;
+    let (id, _) = completed_order(&app, 1).await;
+    let order: OrderId = id.parse().expect("an order id");
+    let read = app
+        .store()
+        .order(app.tenant, order)
+        .await
+        .expect("read the order")
+        .expect("the order exists");
+    let event = EventId::generate();
+    let copies = (0..24).map(|_| {
+        let effect = test_effect(&app, order, event, (&read.status, &read.saga));
+        let store = std::sync::Arc::clone(app.store());
+        tokio::spawn(async move { store.write_effect(effect).await })
+    });
+    let mut outcomes = Vec::new();
+    for copy in copies.collect::<Vec<_>>() {
+        outcomes.push(copy.await.expect("task").expect("write"));
+    }
+    let written = outcomes
+        .iter()
+        .filter(|o| **o == EffectOutcome::Written)
+        .count();
+    assert_eq!(written, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, EffectOutcome::Written | EffectOutcome::AlreadyApplied)),
+        "{outcomes:?}"
+    );
+    let stale = EventId::generate();
+    let changed = app
+        .store()
+        .write_effect(test_effect(&app, order, stale, ("delivered", &read.saga)))
+        .await
+        .expect("write");
+    assert_eq!(changed, EffectOutcome::OrderChanged);
+    assert!(
+        !app.store()
+            .inbox_contains("effect-test", stale)
+            .await
+            .expect("inbox"),
+        "a refused effect leaves no inbox row"
+    );
+    let audited = app
+        .store()
+        .audit_of(app.tenant, "order", &id)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|row| row.body["action"] == "effect_test")
+        .count();
+    assert_eq!(audited, 1, "the effect's audit record, once");
     let after = order_of(&app, &id).await;
     assert_eq!(after["status"], "completed", "{after}");
     app.stop().await;

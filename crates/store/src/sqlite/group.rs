@@ -249,27 +249,11 @@ impl Member {
         // With members before it in the group, its answer may rest on their writes: it waits
         // for the group's outcome, which their committer (queued already) delivers, or which
         // undoing this savepoint delivers at once if the SQLite transaction broke.
-        let outcome = guard
-            .open
-            .as_ref()
-            .filter(|open| open.members > 0)
-            .map(|open| open.outcome.subscribe());
-        if guard.connection.is_autocommit() {
-            fail_group(&mut guard, TRANSACTION_LOST);
-        }
-        if let Some(open) = guard.open.as_mut() {
-            open.abandoned = true;
-        }
-        undo_abandoned(&mut guard);
+        let outcome = undo(&mut guard);
+        drop(guard);
         match outcome {
-            Some(outcome) => {
-                drop(guard);
-                outcome_of(outcome).await
-            }
-            None => {
-                settle(&mut guard);
-                Ok(())
-            }
+            Some(outcome) => outcome_of(outcome).await,
+            None => Ok(()),
         }
     }
 }
