@@ -509,13 +509,10 @@ async fn cancelling_a_reserved_order_releases_its_stock(engine: Engine) {
     app.stop().await;
 }
 
-/// What a saga step checks before storing rows it made from an earlier read of its order:
-/// the order as read is "still" the order only with the same status and the same saga, and an
-/// unknown order never is. The check takes the order's lock and writes nothing.
-async fn a_step_sees_whether_its_order_changed(engine: Engine) {
-    let app = spawn_app(engine).await;
-    stock_up(&app).await;
-    let (id, _) = completed_order(&app, 1).await;
+/// A completed order of one unit: its id as text and typed, and its row as the store reads it.
+async fn stored_completed_order(app: &TestApp) -> (String, OrderId, tally_store::OrderRecord) {
+    stock_up(app).await;
+    let (id, _) = completed_order(app, 1).await;
     let order: OrderId = id.parse().expect("an order id");
     let read = app
         .store()
@@ -523,6 +520,15 @@ async fn a_step_sees_whether_its_order_changed(engine: Engine) {
         .await
         .expect("read the order")
         .expect("the order exists");
+    (id, order, read)
+}
+
+/// What a saga step checks before storing rows it made from an earlier read of its order:
+/// the order as read is "still" the order only with the same status and the same saga, and an
+/// unknown order never is. The check takes the order's lock and writes nothing.
+async fn a_step_sees_whether_its_order_changed(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let (id, order, read) = stored_completed_order(&app).await;
     let mut tx = app.store().begin().await.expect("begin");
     assert!(
         tx.order_still(app.tenant, order, &read.status, &read.saga)
@@ -607,15 +613,7 @@ fn test_effect(
 /// inbox row.
 async fn racing_copies_of_a_prepared_effect_apply_once(engine: Engine) {
     let app = spawn_app(engine).await;
-    stock_up(&app).await;
-    let (id, _) = completed_order(&app, 1).await;
-    let order: OrderId = id.parse().expect("an order id");
-    let read = app
-        .store()
-        .order(app.tenant, order)
-        .await
-        .expect("read the order")
-        .expect("the order exists");
+    let (id, order, read) = stored_completed_order(&app).await;
     let event = EventId::generate();
     let copies = (0..24).map(|_| {
         let effect = test_effect(&app, order, event, (&read.status, &read.saga));
