@@ -13,22 +13,27 @@
 //! in flight finishes, and the new owner's duplicate of it is skipped by the inbox (or, for an
 //! effect that writes nothing but its inbox row, whose row its batch records at the end, repeats
 //! its partner call under the same idempotency key, which the partner applies once).
+//!
+//! Each worker also watches the partitions the others own, and makes the group rebalance when
+//! one has no live reader (see [`crate::stall`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::{ClientContext, Statistics};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tally_dispatch::Dispatcher;
 use tally_store::{LogEvent, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::stall::{self, PartitionKey, Reading, StallWatch};
 use crate::{BusError, KafkaConfig, cloudevents, topics};
 
 /// Records queued per partition task; bounds memory when one partition is slow.
@@ -45,8 +50,8 @@ const HEARTBEAT_INTERVAL_MS: &str = "1000";
 const FETCH_WAIT_MAX_MS: &str = "10";
 /// How long to wait after the store failed before applying the same record again.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
-
-type PartitionKey = (String, i32);
+/// How long one read of the group's offsets or a partition's ends may take.
+const OFFSETS_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The partitions assigned to this consumer, each with its task once a record arrived for it;
 /// shared with the rebalance callbacks, which add assigned partitions and remove (and stop)
@@ -172,6 +177,16 @@ impl ConsumerGroup {
         let retries = self.dispatcher.clone();
         let retry_shutdown = shutdown.clone();
         tasks.spawn(async move { retries.retry_loop(retry_shutdown).await });
+        tasks.spawn(
+            Watchdog {
+                consumer: Arc::clone(&consumer),
+                assigned: assigned.clone(),
+                group: self.dispatcher.group(),
+                topics: topics::all(&self.config),
+                partitions: self.config.partitions,
+            }
+            .run(shutdown.clone()),
+        );
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -219,6 +234,107 @@ impl ConsumerGroup {
             tracing::debug!(%error, "no offsets committed at shutdown");
         }
         Ok(())
+    }
+}
+
+/// Makes the group rebalance when a partition another member owns has no live reader.
+struct Watchdog {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    assigned: Assigned,
+    group: &'static str,
+    topics: Vec<String>,
+    partitions: i32,
+}
+
+impl Watchdog {
+    async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut watch = StallWatch::default();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(stall::CHECK_INTERVAL) => {}
+            }
+            let reader = Arc::clone(&this);
+            let readings = match tokio::task::spawn_blocking(move || reader.read()).await {
+                Ok(Ok(readings)) => readings,
+                Ok(Err(error)) => {
+                    // Mid-rebalance or the broker is away: the next check reads again.
+                    tracing::debug!(group = this.group, %error, "group offsets not read");
+                    continue;
+                }
+                Err(panicked) => {
+                    tracing::error!(group = this.group, %panicked, "reading group offsets panicked");
+                    continue;
+                }
+            };
+            let stalled = watch.observe(Instant::now(), &readings);
+            if stalled.is_empty() {
+                continue;
+            }
+            let partitions: Vec<String> = stalled
+                .iter()
+                .map(|(topic, partition)| format!("{topic}/{partition}"))
+                .collect();
+            tracing::warn!(
+                group = this.group,
+                ?partitions,
+                "partitions owned by another member have not moved for {}s; leaving the group and joining again so that the live members share them",
+                stall::STALL_AFTER.as_secs()
+            );
+            metrics::counter!("tally_kafka_group_rejoins_total", "group" => this.group)
+                .increment(1);
+            if let Err(error) = this.rejoin() {
+                tracing::error!(group = this.group, %error, "rejoining the group failed");
+            }
+            watch.reset();
+        }
+    }
+
+    /// The group's committed offset and the ends of every partition of its topics.
+    fn read(&self) -> Result<Vec<Reading>, KafkaError> {
+        let owned: HashSet<PartitionKey> = self.assigned.lock().keys().cloned().collect();
+        let mut list = TopicPartitionList::new();
+        for topic in &self.topics {
+            for partition in 0..self.partitions {
+                list.add_partition(topic, partition);
+            }
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(list, OFFSETS_READ_TIMEOUT)?;
+        let mut readings = Vec::with_capacity(committed.count());
+        for element in committed.elements() {
+            if element.error().is_err() {
+                continue;
+            }
+            let (low, high) = self.consumer.fetch_watermarks(
+                element.topic(),
+                element.partition(),
+                OFFSETS_READ_TIMEOUT,
+            )?;
+            let partition = (element.topic().to_owned(), element.partition());
+            readings.push(Reading {
+                owned: owned.contains(&partition),
+                partition,
+                committed: match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                },
+                low,
+                high,
+            });
+        }
+        Ok(readings)
+    }
+
+    /// Leaves the group and joins it again as a new member: a new generation on any broker.
+    /// librdkafka revokes this member's partitions first (stopping their tasks, committing
+    /// their offsets) and subscribes again once the leave is done.
+    fn rejoin(&self) -> Result<(), KafkaError> {
+        self.consumer.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics)
     }
 }
 

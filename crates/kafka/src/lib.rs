@@ -21,12 +21,14 @@
 //! - [`topics`]: topic names and their creation through the admin API.
 //! - [`publisher`]: the relay's side.
 //! - [`consumer`]: the workers' side.
+//! - [`stall`]: noticing partitions no live member of a group reads.
 //! - [`replay`]: rewinding a consumer group to a time.
 
 pub mod cloudevents;
 pub mod consumer;
 pub mod publisher;
 pub mod replay;
+pub mod stall;
 pub mod topics;
 
 use rdkafka::ClientConfig;
