@@ -4,7 +4,17 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 use tally_api::auth::Scope;
+use tally_domain::catalog::Sku;
 use tally_domain::clock::Clock;
+use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
+use tally_domain::ids::ApiKeyId;
+use tally_domain::money::Currency;
+use tally_domain::order::{Address, CountryCode, Customer, LineRequest, NewOrder, Quantity};
+use tally_domain::text::{Code, Text};
+use tally_store::command::Command;
+use tally_store::{
+    CommandContext, CommandError, Commands, Executed, NewEvent, Outcome, StoredResponse,
+};
 use tally_testkit::{Engine, TestApp, order_body, spawn_app};
 
 tally_testkit::store_tests!(
@@ -12,6 +22,7 @@ tally_testkit::store_tests!(
     same_meaning_in_other_json_form_replays,
     same_key_with_a_different_request_is_refused,
     fifty_concurrent_requests_with_one_key_place_one_order,
+    processes_racing_under_one_key_place_one_order,
     keys_are_scoped_per_tenant,
     a_refused_request_leaves_the_key_unused,
     expired_keys_are_purged_and_can_be_used_again,
@@ -182,6 +193,91 @@ async fn fifty_concurrent_requests_with_one_key_place_one_order(engine: Engine) 
             ),
         }
     }
+    assert_eq!(order_count(&app).await, 1, "exactly one order exists");
+    app.stop().await;
+}
+
+/// A new order request as the API makes it from `order_body("c-1", [(sku, 1)])`.
+fn new_order(sku: &str) -> NewOrder {
+    let text = |raw: &str| Text::parse(raw).expect("text");
+    NewOrder::parse(
+        Code::parse("web").expect("a channel"),
+        Customer {
+            id: Code::parse("c-1").expect("a customer id"),
+            email: None,
+        },
+        vec![LineRequest {
+            sku: Sku::parse(sku).expect("a SKU"),
+            quantity: Quantity::parse(1).expect("a quantity"),
+        }],
+        Currency::parse("USD").expect("a currency"),
+        Address {
+            name: text("Ada Lovelace"),
+            line1: text("12 St James's Square"),
+            line2: None,
+            city: text("London"),
+            region: None,
+            postal_code: text("SW1Y 4JH"),
+            country: CountryCode::parse("GB").expect("a country"),
+        },
+    )
+    .expect("an order request")
+}
+
+/// Twenty-four processes (each with its own in-flight set, so none answers 409 on another's
+/// behalf) place the same request under one key at once, straight through the store: one
+/// order is stored, and every other process answers with its stored response or 409.
+async fn processes_racing_under_one_key_place_one_order(engine: Engine) {
+    let app = spawn_app(engine).await;
+    ready_catalog(&app).await;
+    let key = IdempotencyKey::parse("one-key").expect("a key");
+    let render = |outcome: &Outcome, _: &[NewEvent]| {
+        let Outcome::OrderPlaced(order) = outcome else {
+            panic!("an order is placed: {outcome:?}")
+        };
+        StoredResponse {
+            status: 201,
+            location: None,
+            body: order.id.to_string().into_bytes(),
+        }
+    };
+    let racers = (0..24).map(|_| {
+        let commands = Commands::new(
+            std::sync::Arc::clone(app.store()),
+            app.clock.clone(),
+            std::time::Duration::from_secs(86_400),
+        );
+        let (key, tenant) = (key.clone(), app.tenant);
+        tokio::spawn(async move {
+            let ctx = CommandContext {
+                tenant,
+                api_key: ApiKeyId::generate(),
+                key: &key,
+                fingerprint: Fingerprint([7; 32]),
+                request_id: "racing",
+                traceparent: None,
+                render: &render,
+            };
+            commands
+                .execute(&ctx, Command::PlaceOrder(new_order("TEE-M")))
+                .await
+        })
+    });
+    let mut fresh = Vec::new();
+    let mut replayed = Vec::new();
+    for racer in join_all(racers).await {
+        match racer.expect("a racer") {
+            Ok(Executed::Fresh(response)) => fresh.push(response),
+            Ok(Executed::Replayed(response)) => replayed.push(response),
+            Err(CommandError::InFlight) => {}
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert_eq!(fresh.len(), 1, "exactly one process placed the order");
+    assert!(
+        replayed.iter().all(|response| *response == fresh[0]),
+        "every replay is the stored response"
+    );
     assert_eq!(order_count(&app).await, 1, "exactly one order exists");
     app.stop().await;
 }

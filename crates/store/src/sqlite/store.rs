@@ -11,8 +11,11 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::effect::{EffectOutcome, PreparedEffect};
+use crate::placement::{Placed, PreparedPlacement};
 use crate::records::*;
+use crate::tx::CatalogPrices;
 use crate::{DISCARDED, Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
+use tally_domain::catalog::Sku;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -37,6 +40,23 @@ impl Store for SqliteStore {
             .await?;
         let outcome = *outcome.lock().unwrap_or_else(PoisonError::into_inner);
         outcome.ok_or_else(|| StoreError::Corrupt("a queued effect did not run".into()))
+    }
+
+    async fn write_placement(&self, placement: PreparedPlacement) -> Result<Placed, StoreError> {
+        let outcome = Arc::new(std::sync::Mutex::new(None));
+        let answer = Arc::clone(&outcome);
+        self.writer
+            .run(Box::new(move |connection| {
+                let (keep, placed) = super::tx::write_placement(connection, &placement)?;
+                *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(placed);
+                Ok(keep)
+            }))
+            .await?;
+        let placed = outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        placed.ok_or_else(|| StoreError::Corrupt("a queued placement did not run".into()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -97,6 +117,14 @@ impl Store for SqliteStore {
             .bind(key)
             .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(super::tx::idempotency_record).transpose()
+    }
+
+    async fn catalog_prices(
+        &self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<CatalogPrices, StoreError> {
+        super::tx::catalog_prices(&*self.reader()?, tenant, skus)
     }
 
     async fn purge_idempotency_records(
