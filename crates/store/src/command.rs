@@ -22,7 +22,6 @@ use tally_domain::order::{NewOrder, Order, OrderStatus, PlacementRefused};
 use tally_domain::text::Code;
 use tokio::sync::Notify;
 
-use crate::placement::{Placed, PreparedPlacement};
 use crate::records::{
     MovementKind, NewEvent, NewIdempotencyRecord, OrderRecord, OrderState, StockMovement,
     StoredResponse,
@@ -38,14 +37,6 @@ pub enum Command {
     /// Ask the checkout saga to cancel the order, undoing what it did.
     CancelOrder(OrderId),
     /// The customer sent the goods back: restock and refund.
-    ReturnOrder(OrderId),
-}
-
-/// The commands decided inside their transaction: all but placing an order.
-enum InTx {
-    CreateProduct(NewProduct),
-    AdjustStock(Adjustment),
-    CancelOrder(OrderId),
     ReturnOrder(OrderId),
 }
 
@@ -188,13 +179,6 @@ impl Commands {
             return replay(ctx, record.fingerprint, record.response);
         }
         let _claim = InFlightClaim::take(&self.in_flight, ctx.tenant, ctx.key.as_str())?;
-        let command = match command {
-            Command::PlaceOrder(new_order) => return self.place(ctx, new_order, now).await,
-            Command::CreateProduct(product) => InTx::CreateProduct(product),
-            Command::AdjustStock(adjustment) => InTx::AdjustStock(adjustment),
-            Command::CancelOrder(id) => InTx::CancelOrder(id),
-            Command::ReturnOrder(id) => InTx::ReturnOrder(id),
-        };
         let mut tx = self.store.begin().await?;
         match self.run(tx.as_mut(), ctx, command, now).await {
             Ok(Step::Commit { response, appended }) => {
@@ -228,71 +212,12 @@ impl Commands {
         }
     }
 
-    /// Places an order: decided from a plain read of the catalog before the store's writer is
-    /// taken (see [`crate::placement`]), then stored in one transaction that checks the key.
-    async fn place(
-        &self,
-        ctx: &CommandContext<'_>,
-        new_order: NewOrder,
-        now: DateTime<Utc>,
-    ) -> Result<Executed, CommandError> {
-        let prices = self
-            .store
-            .catalog_prices(ctx.tenant, &new_order.skus())
-            .await?;
-        let (order, draft) = match new_order.place(OrderId::generate(), now, &prices) {
-            Ok(placed) => placed,
-            Err(refused) => {
-                // Refused without looking at the key: a request under a key used meanwhile
-                // for another request must still be told so (the same request was accepted
-                // then, and the catalog has not changed since).
-                if let Some(record) = self
-                    .store
-                    .find_idempotency_record(ctx.tenant, ctx.key.as_str())
-                    .await?
-                    && record.expires_at > now
-                {
-                    return replay(ctx, record.fingerprint, record.response);
-                }
-                return Err(CommandError::Refused(Refusal::Placement(refused)));
-            }
-        };
-        let events = vec![self.envelope(ctx, draft, now)];
-        let outcome = Outcome::OrderPlaced(Box::new(order.clone()));
-        let response = (ctx.render)(&outcome, &events);
-        let audit = audit_record(ctx, &outcome, &response, now);
-        let placement = PreparedPlacement {
-            tenant: ctx.tenant,
-            key: ctx.key.as_str().to_owned(),
-            fingerprint: ctx.fingerprint.0,
-            order,
-            events,
-            audit,
-            response: response.clone(),
-            at: now,
-            expires_at: now + self.retention(),
-        };
-        match self.store.write_placement(placement).await? {
-            Placed::Written => {
-                self.appended.notify_one();
-                Ok(Executed::Fresh(response))
-            }
-            Placed::KeyUsed(record) => replay(ctx, record.fingerprint, record.response),
-            Placed::KeyBusy => Err(CommandError::InFlight),
-        }
-    }
-
-    /// How long a stored response answers retries under its key.
-    fn retention(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.retention).unwrap_or_else(|_| chrono::Duration::days(365))
-    }
-
     /// Everything between `BEGIN` and `COMMIT`; the caller ends the transaction.
     async fn run(
         &self,
         tx: &mut dyn Tx,
         ctx: &CommandContext<'_>,
-        command: InTx,
+        command: Command,
         now: DateTime<Utc>,
     ) -> Result<Step, CommandError> {
         if !tx
@@ -320,12 +245,14 @@ impl Commands {
         let response = (ctx.render)(&outcome, &events);
         tx.insert_audit(&audit_record(ctx, &outcome, &response, now))
             .await?;
+        let retention = chrono::Duration::from_std(self.retention)
+            .unwrap_or_else(|_| chrono::Duration::days(365));
         let record = NewIdempotencyRecord {
             key: ctx.key.as_str(),
             fingerprint: ctx.fingerprint.0,
             response: &response,
             created_at: now,
-            expires_at: now + self.retention(),
+            expires_at: now + retention,
         };
         tx.insert_idempotency_record(ctx.tenant, &record).await?;
         Ok(Step::Commit {
@@ -398,11 +325,11 @@ fn replay(
 async fn decide(
     tx: &mut dyn Tx,
     tenant: TenantId,
-    command: InTx,
+    command: Command,
     now: DateTime<Utc>,
 ) -> Result<(Outcome, Vec<EventDraft>), CommandError> {
     match command {
-        InTx::CreateProduct(new_product) => {
+        Command::CreateProduct(new_product) => {
             let skus: Vec<Sku> = new_product.variants.iter().map(|v| v.sku.clone()).collect();
             let taken = tx.existing_skus(tenant, &skus).await?;
             if !taken.is_empty() {
@@ -418,7 +345,7 @@ async fn decide(
             }
             Ok((Outcome::ProductCreated(product), vec![event]))
         }
-        InTx::AdjustStock(adjustment) => {
+        Command::AdjustStock(adjustment) => {
             let before = tx
                 .lock_stock_level(tenant, &adjustment.sku, &adjustment.location, now)
                 .await?
@@ -451,8 +378,16 @@ async fn decide(
             };
             Ok((outcome, vec![event]))
         }
-        InTx::CancelOrder(id) => request_cancellation(tx, tenant, id, now).await,
-        InTx::ReturnOrder(id) => return_order(tx, tenant, id, now).await,
+        Command::PlaceOrder(new_order) => {
+            let prices = tx.catalog_prices(tenant, &new_order.skus()).await?;
+            let (order, event) = new_order
+                .place(OrderId::generate(), now, &prices)
+                .map_err(|refused| CommandError::Refused(Refusal::Placement(refused)))?;
+            tx.insert_order(tenant, &order).await?;
+            Ok((Outcome::OrderPlaced(Box::new(order)), vec![event]))
+        }
+        Command::CancelOrder(id) => request_cancellation(tx, tenant, id, now).await,
+        Command::ReturnOrder(id) => return_order(tx, tenant, id, now).await,
     }
 }
 

@@ -19,7 +19,6 @@ pub mod command;
 pub mod effect;
 pub mod lease;
 pub mod log;
-pub mod placement;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -176,23 +175,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<effect::EffectOutcome, StoreError> {
         effect::write_in(self.begin().await?, &effect).await
     }
-
-    /// Stores a new order whose rows are all made, under its idempotency key, in a transaction
-    /// of its own, and returns once it committed (or what kept it from being stored).
-    async fn write_placement(
-        &self,
-        placement: placement::PreparedPlacement,
-    ) -> Result<placement::Placed, StoreError> {
-        placement::write_in(self.begin().await?, &placement).await
-    }
-
-    /// The prices of those of `skus` the tenant's catalog has, read outside any transaction:
-    /// a SKU's prices never change once it exists.
-    async fn catalog_prices(
-        &self,
-        tenant: TenantId,
-        skus: &[tally_domain::catalog::Sku],
-    ) -> Result<tx::CatalogPrices, StoreError>;
 
     /// Checks that the database answers; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -12,9 +12,7 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::records::*;
-use crate::tx::CatalogPrices;
 use crate::{Engine, Store, StoreError, Tx, corrupt};
-use tally_domain::catalog::Sku;
 
 #[async_trait]
 impl Store for PgStore {
@@ -85,14 +83,6 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(super::tx::idempotency_record).transpose()
-    }
-
-    async fn catalog_prices(
-        &self,
-        tenant: TenantId,
-        skus: &[Sku],
-    ) -> Result<CatalogPrices, StoreError> {
-        super::tx::catalog_prices(&self.pool, tenant, skus).await
     }
 
     async fn purge_idempotency_records(

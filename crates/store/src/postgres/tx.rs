@@ -58,28 +58,6 @@ fn sku_strings(skus: &[Sku]) -> Vec<String> {
     skus.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
-/// The prices of those of `skus` the tenant's catalog has, in a transaction or outside one.
-pub(super) async fn catalog_prices<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    tenant: TenantId,
-    skus: &[Sku],
-) -> Result<CatalogPrices, StoreError> {
-    let rows =
-        sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
-            .bind(tenant.as_uuid())
-            .bind(sku_strings(skus))
-            .fetch_all(executor)
-            .await?;
-    rows.iter()
-        .map(|row| {
-            let sku: String = row.try_get("sku")?;
-            let Json(prices): Json<HashMap<String, i64>> = row.try_get("prices")?;
-            let parsed = crate::codec::parse_prices(&sku, prices)?;
-            Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
-        })
-        .collect()
-}
-
 #[async_trait]
 impl Tx for PgTx {
     async fn lock_idempotency_key(
@@ -205,7 +183,20 @@ impl Tx for PgTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError> {
-        catalog_prices(&mut *self.tx, tenant, skus).await
+        let rows =
+            sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
+                .bind(tenant.as_uuid())
+                .bind(sku_strings(skus))
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let sku: String = row.try_get("sku")?;
+                let Json(prices): Json<HashMap<String, i64>> = row.try_get("prices")?;
+                let parsed = crate::codec::parse_prices(&sku, prices)?;
+                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
+            })
+            .collect()
     }
 
     async fn lock_stock_level(

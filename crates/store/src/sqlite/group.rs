@@ -131,6 +131,24 @@ impl Writer {
         }
     }
 
+    /// Runs `job` like [`Writer::run`] and returns its answer once its group committed; the job
+    /// answers whether to keep its writes, and what to return.
+    pub(crate) async fn answer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<(bool, T), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let answer = Arc::new(std::sync::Mutex::new(None));
+        let slot = Arc::clone(&answer);
+        self.run(Box::new(move |connection| {
+            let (keep, value) = job(connection)?;
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+            Ok(keep)
+        }))
+        .await?;
+        let value = answer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        value.ok_or_else(|| StoreError::Corrupt("a queued job did not run".into()))
+    }
+
     /// Runs `job` as a member of its own and returns, once its group committed, whether it
     /// kept its writes. The job queues, and whoever takes the writer next runs every queued
     /// job back to back, each in its own savepoint, before its own work: one hold of the

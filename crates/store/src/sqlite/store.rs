@@ -1,7 +1,6 @@
 //! Reads, tenant set-up, the log and maintenance on SQLite.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, PoisonError};
 
 use super::sql::{self, Row};
 use async_trait::async_trait;
@@ -11,11 +10,8 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::effect::{EffectOutcome, PreparedEffect};
-use crate::placement::{Placed, PreparedPlacement};
 use crate::records::*;
-use crate::tx::CatalogPrices;
 use crate::{DISCARDED, Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
-use tally_domain::catalog::Sku;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -29,34 +25,9 @@ impl Store for SqliteStore {
     }
 
     async fn write_effect(&self, effect: PreparedEffect) -> Result<EffectOutcome, StoreError> {
-        let outcome = Arc::new(std::sync::Mutex::new(None));
-        let answer = Arc::clone(&outcome);
         self.writer
-            .run(Box::new(move |connection| {
-                let (keep, outcome) = super::tx::write_effect(connection, &effect)?;
-                *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
-                Ok(keep)
-            }))
-            .await?;
-        let outcome = *outcome.lock().unwrap_or_else(PoisonError::into_inner);
-        outcome.ok_or_else(|| StoreError::Corrupt("a queued effect did not run".into()))
-    }
-
-    async fn write_placement(&self, placement: PreparedPlacement) -> Result<Placed, StoreError> {
-        let outcome = Arc::new(std::sync::Mutex::new(None));
-        let answer = Arc::clone(&outcome);
-        self.writer
-            .run(Box::new(move |connection| {
-                let (keep, placed) = super::tx::write_placement(connection, &placement)?;
-                *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(placed);
-                Ok(keep)
-            }))
-            .await?;
-        let placed = outcome
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        placed.ok_or_else(|| StoreError::Corrupt("a queued placement did not run".into()))
+            .answer(move |connection| super::tx::write_effect(connection, &effect))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -117,14 +88,6 @@ impl Store for SqliteStore {
             .bind(key)
             .fetch_optional(&*self.reader()?)?;
         row.as_ref().map(super::tx::idempotency_record).transpose()
-    }
-
-    async fn catalog_prices(
-        &self,
-        tenant: TenantId,
-        skus: &[Sku],
-    ) -> Result<CatalogPrices, StoreError> {
-        super::tx::catalog_prices(&*self.reader()?, tenant, skus)
     }
 
     async fn purge_idempotency_records(

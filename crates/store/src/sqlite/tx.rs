@@ -17,7 +17,6 @@ use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId};
 
 use crate::effect::{EffectOutcome, PreparedEffect, settled};
-use crate::placement::{Placed, PreparedPlacement};
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
     NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
@@ -265,123 +264,6 @@ pub(super) fn write_effect(
     Ok((outcome == EffectOutcome::Written, outcome))
 }
 
-fn find_idempotency_record(
-    connection: &Connection,
-    tenant: TenantId,
-    key: &str,
-) -> Result<Option<IdempotencyRecord>, StoreError> {
-    let row = sql::query(SELECT_IDEMPOTENCY_RECORD)
-        .bind(tenant.as_uuid())
-        .bind(key)
-        .fetch_optional(connection)?;
-    row.as_ref().map(idempotency_record).transpose()
-}
-
-fn delete_idempotency_record(
-    connection: &Connection,
-    tenant: TenantId,
-    key: &str,
-) -> Result<(), StoreError> {
-    sql::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
-        .bind(tenant.as_uuid())
-        .bind(key)
-        .execute(connection)?;
-    Ok(())
-}
-
-fn insert_idempotency_record(
-    connection: &Connection,
-    tenant: TenantId,
-    record: &NewIdempotencyRecord<'_>,
-) -> Result<(), StoreError> {
-    sql::query(
-        "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(record.key)
-    .bind(&record.fingerprint[..])
-    .bind(i64::from(record.response.status))
-    .bind(record.response.location.as_deref())
-    .bind(&record.response.body)
-    .bind(to_micros(record.created_at))
-    .bind(to_micros(record.expires_at))
-    .execute(connection)?;
-    Ok(())
-}
-
-fn insert_order(
-    connection: &Connection,
-    tenant: TenantId,
-    order: &Order,
-) -> Result<(), StoreError> {
-    let lines = serde_json::to_string(&order.lines).map_err(|e| corrupt("order lines", e))?;
-    let address =
-        serde_json::to_string(&order.shipping_address).map_err(|e| corrupt("address", e))?;
-    sql::query(
-        "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(tenant.as_uuid())
-    .bind(order.id.as_uuid())
-    .bind(order.channel.as_str())
-    .bind(order.customer.id.as_str())
-    .bind(order.customer.email.as_ref().map(|e| e.as_str()))
-    .bind(order.currency.code())
-    .bind(order.total_minor)
-    .bind(order.status.as_str())
-    .bind(lines)
-    .bind(address)
-    .bind(to_micros(order.created_at))
-    .bind(to_micros(order.created_at))
-    .execute(connection)?;
-    Ok(())
-}
-
-/// Stores a prepared placement on the writer connection, as one queued job of the writer: the
-/// statements of [`crate::placement::write_in`] (the single writer is the key's lock), run
-/// without a task switch between them. Whether to keep what it wrote, and the outcome.
-pub(super) fn write_placement(
-    connection: &Connection,
-    placement: &PreparedPlacement,
-) -> Result<(bool, Placed), StoreError> {
-    let tenant = placement.tenant;
-    if let Some(record) = find_idempotency_record(connection, tenant, &placement.key)? {
-        if record.expires_at > placement.at {
-            return Ok((false, Placed::KeyUsed(record)));
-        }
-        delete_idempotency_record(connection, tenant, &placement.key)?;
-    }
-    insert_order(connection, tenant, &placement.order)?;
-    append_events(connection, &placement.events)?;
-    insert_audit(connection, &placement.audit)?;
-    insert_idempotency_record(connection, tenant, &placement.idempotency_record())?;
-    Ok((true, Placed::Written))
-}
-
-/// The prices of those of `skus` the tenant's catalog has, on the writer or a reader.
-pub(super) fn catalog_prices(
-    connection: &Connection,
-    tenant: TenantId,
-    skus: &[Sku],
-) -> Result<CatalogPrices, StoreError> {
-    let rows = sql::query(
-        "SELECT sku, prices FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?))",
-    )
-    .bind(tenant.as_uuid())
-    .bind(json_list(skus))
-    .fetch_all(connection)?;
-    rows.iter()
-        .map(|row| {
-            let sku: String = row.try_get("sku")?;
-            let prices: String = row.try_get("prices")?;
-            let prices = serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
-            let parsed = crate::codec::parse_prices(&sku, prices)?;
-            Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
-        })
-        .collect()
-}
-
 #[async_trait]
 impl Tx for SqliteTx {
     async fn lock_idempotency_key(&mut self, _: TenantId, _: &str) -> Result<bool, StoreError> {
@@ -394,7 +276,11 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        find_idempotency_record(self.tx.connection()?, tenant, key)
+        let row = sql::query(SELECT_IDEMPOTENCY_RECORD)
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .fetch_optional(self.tx.connection()?)?;
+        row.as_ref().map(idempotency_record).transpose()
     }
 
     async fn delete_idempotency_record(
@@ -402,7 +288,11 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<(), StoreError> {
-        delete_idempotency_record(self.tx.connection()?, tenant, key)
+        sql::query("DELETE FROM idempotency_records WHERE tenant_id = ? AND key = ?")
+            .bind(tenant.as_uuid())
+            .bind(key)
+            .execute(self.tx.connection()?)?;
+        Ok(())
     }
 
     async fn insert_idempotency_record(
@@ -410,7 +300,20 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         record: &NewIdempotencyRecord<'_>,
     ) -> Result<(), StoreError> {
-        insert_idempotency_record(self.tx.connection()?, tenant, record)
+        sql::query(
+            "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(record.key)
+        .bind(&record.fingerprint[..])
+        .bind(i64::from(record.response.status))
+        .bind(record.response.location.as_deref())
+        .bind(&record.response.body)
+        .bind(to_micros(record.created_at))
+        .bind(to_micros(record.expires_at))
+        .execute(self.tx.connection()?)?;
+        Ok(())
     }
 
     async fn existing_skus(
@@ -459,7 +362,22 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError> {
-        catalog_prices(self.tx.connection()?, tenant, skus)
+        let rows = sql::query(
+            "SELECT sku, prices FROM variants WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?))",
+        )
+        .bind(tenant.as_uuid())
+        .bind(json_list(skus))
+        .fetch_all(self.tx.connection()?)?;
+        rows.iter()
+            .map(|row| {
+                let sku: String = row.try_get("sku")?;
+                let prices: String = row.try_get("prices")?;
+                let prices =
+                    serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
+                let parsed = crate::codec::parse_prices(&sku, prices)?;
+                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
+            })
+            .collect()
     }
 
     async fn lock_stock_level(
@@ -497,7 +415,27 @@ impl Tx for SqliteTx {
     }
 
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
-        insert_order(self.tx.connection()?, tenant, order)
+        let lines = serde_json::to_string(&order.lines).map_err(|e| corrupt("order lines", e))?;
+        let address =
+            serde_json::to_string(&order.shipping_address).map_err(|e| corrupt("address", e))?;
+        sql::query(
+            "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(order.id.as_uuid())
+        .bind(order.channel.as_str())
+        .bind(order.customer.id.as_str())
+        .bind(order.customer.email.as_ref().map(|e| e.as_str()))
+        .bind(order.currency.code())
+        .bind(order.total_minor)
+        .bind(order.status.as_str())
+        .bind(lines)
+        .bind(address)
+        .bind(to_micros(order.created_at))
+        .bind(to_micros(order.created_at))
+        .execute(self.tx.connection()?)?;
+        Ok(())
     }
 
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
