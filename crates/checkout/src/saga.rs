@@ -168,6 +168,13 @@ async fn current_status(
 }
 
 /// Reserves every line's stock, or cancels the order when some line is out of stock.
+///
+/// The reservation is planned on the stock as last committed, and the order's rows are
+/// written before the stock rows are locked, last: on PostgreSQL a busy SKU's row then stays
+/// locked only for its own update and the commit, not for the whole step, which is what
+/// limits how many orders for one SKU can be reserved per second. Should other orders have
+/// taken the units meanwhile, or the plan be to cancel, the step is decided again on rows
+/// locked first, as every reservation was before.
 async fn reserve(event: &LogEvent, order: OrderId, delivery: &Delivery) -> Result<(), EffectError> {
     let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
         return Ok(());
@@ -175,24 +182,60 @@ async fn reserve(event: &LogEvent, order: OrderId, delivery: &Delivery) -> Resul
     if status_of(&state)? != OrderStatus::Placed || state.saga.cancel_requested {
         return delivery.finish(tx).await;
     }
-    let lines: Vec<(String, u32)> = state
-        .record
-        .lines
-        .iter()
-        .map(|l| (l.sku.clone(), l.quantity))
-        .collect();
+    let lines = order_lines(&state);
     let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
-    let locked = tx.lock_stock(event.tenant_id, &skus).await?;
-    let mut stock: BTreeMap<String, BTreeMap<String, StockLevel>> = BTreeMap::new();
-    for row in &locked {
-        stock
-            .entry(row.sku.clone())
-            .or_default()
-            .insert(row.location.clone(), row.level);
-    }
+    let seen = tx.read_stock(event.tenant_id, &skus).await?;
+    let Ok(reservations) = choose_reservations(&lines, &by_location(&seen)) else {
+        // A cancellation is for good: decide it on locked rows.
+        return reserve_locked(event, order, delivery, tx, state).await;
+    };
     let now = delivery.clock().now();
     let mut step = Step::new(event, order, &state, now);
-    match choose_reservations(&lines, &stock) {
+    state.saga.reservations = reservations;
+    state.saga.reservations_held = true;
+    step.advance(
+        OrderStatus::Reserved,
+        EventType::OrderStockReserved,
+        json!({"reservations": state.saga.reservations}),
+    );
+    step.prepare(&state, delivery.store().log_partitions())
+        .write(tx.as_mut())
+        .await?;
+    let reserved = tally_store::stock::reserve_if_available(
+        tx.as_mut(),
+        event.tenant_id,
+        order,
+        &state.saga.reservations,
+        now,
+    )
+    .await?;
+    if reserved {
+        return delivery.finish(tx).await;
+    }
+    tx.rollback().await?;
+    let Some((tx, state)) = open(delivery, event, order).await? else {
+        return Ok(());
+    };
+    if status_of(&state)? != OrderStatus::Placed || state.saga.cancel_requested {
+        return delivery.finish(tx).await;
+    }
+    reserve_locked(event, order, delivery, tx, state).await
+}
+
+/// The reservation step on stock rows locked before it is planned.
+async fn reserve_locked(
+    event: &LogEvent,
+    order: OrderId,
+    delivery: &Delivery,
+    mut tx: Box<dyn Tx>,
+    mut state: OrderState,
+) -> Result<(), EffectError> {
+    let lines = order_lines(&state);
+    let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
+    let locked = tx.lock_stock(event.tenant_id, &skus).await?;
+    let now = delivery.clock().now();
+    let mut step = Step::new(event, order, &state, now);
+    match choose_reservations(&lines, &by_location(&locked)) {
         Ok(reservations) => {
             tally_store::stock::move_reservations(
                 tx.as_mut(),
@@ -221,6 +264,30 @@ async fn reserve(event: &LogEvent, order: OrderId, delivery: &Delivery) -> Resul
         }
     }
     step.commit(tx, &state, delivery).await
+}
+
+/// The order's lines as (SKU, quantity).
+fn order_lines(state: &OrderState) -> Vec<(String, u32)> {
+    state
+        .record
+        .lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.quantity))
+        .collect()
+}
+
+/// Stock levels by SKU, then location.
+fn by_location(
+    rows: &[tally_store::LockedStock],
+) -> BTreeMap<String, BTreeMap<String, StockLevel>> {
+    let mut stock: BTreeMap<String, BTreeMap<String, StockLevel>> = BTreeMap::new();
+    for row in rows {
+        stock
+            .entry(row.sku.clone())
+            .or_default()
+            .insert(row.location.clone(), row.level);
+    }
+    stock
 }
 
 impl Checkout {

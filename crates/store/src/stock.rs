@@ -7,36 +7,23 @@ use tally_domain::checkout::{Reservation, Saga};
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::inventory::StockLevel;
 
-use crate::records::{LockedStock, MovementKind, StockMovement};
+use crate::records::{MovementKind, StockMovement};
 use crate::{StoreError, Tx};
 
-/// How a move changes one stock row for a reserved quantity.
-fn apply(kind: MovementKind, level: StockLevel, quantity: i64) -> StockLevel {
-    match kind {
-        MovementKind::Reserved => StockLevel {
-            reserved: level.reserved + quantity,
-            ..level
-        },
-        MovementKind::Released => StockLevel {
-            reserved: level.reserved - quantity,
-            ..level
-        },
-        MovementKind::Shipped => StockLevel {
-            on_hand: level.on_hand - quantity,
-            reserved: level.reserved - quantity,
-        },
-        MovementKind::Returned | MovementKind::Received => StockLevel {
-            on_hand: level.on_hand + quantity,
-            ..level
-        },
-        MovementKind::Removed => StockLevel {
-            on_hand: level.on_hand - quantity,
-            ..level
-        },
-    }
+/// How a move of `quantity` units changes a stock row's on-hand and reserved counts.
+fn delta(kind: MovementKind, quantity: i64) -> StockLevel {
+    let (on_hand, reserved) = match kind {
+        MovementKind::Reserved => (0, quantity),
+        MovementKind::Released => (0, -quantity),
+        MovementKind::Shipped => (-quantity, -quantity),
+        MovementKind::Returned | MovementKind::Received => (quantity, 0),
+        MovementKind::Removed => (-quantity, 0),
+    };
+    StockLevel { on_hand, reserved }
 }
 
-/// Applies `kind` to every reservation, on rows locked in (SKU, location) order.
+/// Applies `kind` to every reservation, row by row in (SKU, location) order so that
+/// concurrent moves cannot deadlock, each in one statement.
 pub async fn move_reservations(
     tx: &mut dyn Tx,
     tenant: TenantId,
@@ -45,19 +32,45 @@ pub async fn move_reservations(
     kind: MovementKind,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let skus: Vec<String> = reservations.iter().map(|r| r.sku.clone()).collect();
-    let locked: Vec<LockedStock> = tx.lock_stock(tenant, &skus).await?;
-    for reservation in reservations {
-        let level = locked
-            .iter()
-            .find(|l| l.sku == reservation.sku && l.location == reservation.location)
-            .map(|l| l.level)
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "stock row {}@{} is missing",
-                    reservation.sku, reservation.location
-                ))
-            })?;
+    match shift(tx, tenant, order, reservations, kind, now).await? {
+        None => Ok(()),
+        Some(reservation) => Err(StoreError::Corrupt(format!(
+            "stock row {}@{} is missing or has too few units to {}",
+            reservation.sku,
+            reservation.location,
+            kind.as_str()
+        ))),
+    }
+}
+
+/// Reserves every reservation if each still fits its row, and returns whether it did. On
+/// `false`, other orders took the units since the plan was made, and the caller must roll back
+/// (the reservations before the one that did not fit were written). Called last in its
+/// transaction, so that a busy SKU's row stays locked for its own update and the commit only.
+pub async fn reserve_if_available(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    order: OrderId,
+    reservations: &[Reservation],
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let refused = shift(tx, tenant, order, reservations, MovementKind::Reserved, now).await?;
+    Ok(refused.is_none())
+}
+
+/// Applies `kind` to the reservations in (SKU, location) order; stops at the first whose row
+/// refused it and returns it.
+async fn shift<'a>(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    order: OrderId,
+    reservations: &'a [Reservation],
+    kind: MovementKind,
+    now: DateTime<Utc>,
+) -> Result<Option<&'a Reservation>, StoreError> {
+    let mut ordered: Vec<&Reservation> = reservations.iter().collect();
+    ordered.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+    for reservation in ordered {
         let quantity = i64::from(reservation.quantity);
         let movement = StockMovement {
             sku: reservation.sku.clone(),
@@ -67,10 +80,14 @@ pub async fn move_reservations(
             order_id: Some(order),
             at: now,
         };
-        tx.move_stock(tenant, apply(kind, level, quantity), &movement)
-            .await?;
+        if !tx
+            .shift_stock(tenant, delta(kind, quantity), &movement)
+            .await?
+        {
+            return Ok(Some(reservation));
+        }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Ends the order's hold on its reservations, if it still has one: `Released` gives the units
@@ -84,11 +101,20 @@ async fn end_hold(
     kind: MovementKind,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    if saga.reservations_held {
-        move_reservations(tx, tenant, order, &saga.reservations, kind, now).await?;
-        saga.reservations_held = false;
+    if let Some(reservations) = take_hold(saga) {
+        move_reservations(tx, tenant, order, &reservations, kind, now).await?;
     }
     Ok(())
+}
+
+/// Ends the order's hold in its saga and returns the reservations whose stock must move, or
+/// `None` when it held none: for a caller that writes the stock rows last in its transaction.
+pub fn take_hold(saga: &mut Saga) -> Option<Vec<Reservation>> {
+    if !saga.reservations_held {
+        return None;
+    }
+    saga.reservations_held = false;
+    Some(saga.reservations.clone())
 }
 
 /// Gives back the order's reservations if it holds them.
@@ -100,17 +126,6 @@ pub async fn release(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     end_hold(tx, tenant, order, saga, MovementKind::Released, now).await
-}
-
-/// The reserved units leave the warehouse.
-pub async fn ship(
-    tx: &mut dyn Tx,
-    tenant: TenantId,
-    order: OrderId,
-    saga: &mut Saga,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    end_hold(tx, tenant, order, saga, MovementKind::Shipped, now).await
 }
 
 /// Returned units go back on hand where they were shipped from.

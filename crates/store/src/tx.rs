@@ -137,6 +137,23 @@ pub trait Tx: Send {
         tenant: TenantId,
         skus: &[String],
     ) -> Result<Vec<LockedStock>, StoreError>;
+    /// The stock rows of `skus` as last committed, in (SKU, location) order, without locking
+    /// them: what a reservation is planned on before it locks the rows it chose.
+    async fn read_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError>;
+    /// Adds `delta` to a stock row in one statement, with the movement that explains it, and
+    /// returns whether it did: `false` (nothing written) when the row is missing or the change
+    /// would leave it with fewer than zero units reserved or available. The row is locked
+    /// from this statement to the end of the transaction.
+    async fn shift_stock(
+        &mut self,
+        tenant: TenantId,
+        delta: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<bool, StoreError>;
     /// Writes a level read by `lock_stock` or `lock_stock_level`, with the movement that
     /// explains the change.
     async fn move_stock(

@@ -10,7 +10,7 @@ use tally_domain::order::OrderStatus;
 
 use crate::audit::{Actor, Cause, Change};
 use crate::log::{Causes, envelope};
-use crate::{Store, StoreError};
+use crate::{MovementKind, Store, StoreError};
 
 /// What the carrier reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +105,13 @@ pub async fn apply_shipment_update(
             }
         };
     }
-    if update == ShipmentUpdate::Shipped {
-        crate::stock::ship(tx.as_mut(), tenant, order, &mut state.saga, now).await?;
-    }
+    // The reserved units leave the warehouse. Their stock rows are written last, so that a
+    // busy SKU's row stays locked for its own update and the commit only.
+    let shipped = if update == ShipmentUpdate::Shipped {
+        crate::stock::take_hold(&mut state.saga)
+    } else {
+        None
+    };
     tx.update_order(tenant, order, to.as_str(), &state.saga, now)
         .await?;
     let key = order.to_string();
@@ -144,6 +148,17 @@ pub async fn apply_shipment_update(
     );
     tx.insert_audit(&audit).await?;
     tx.append_events(std::slice::from_ref(&event)).await?;
+    if let Some(reservations) = shipped {
+        crate::stock::move_reservations(
+            tx.as_mut(),
+            tenant,
+            order,
+            &reservations,
+            MovementKind::Shipped,
+            now,
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(WebhookOutcome::Applied)
 }

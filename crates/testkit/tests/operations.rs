@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tally_api::ApiConfig;
 use tally_api::auth::Scope;
 use tally_api::routes::webhooks::WEBHOOK_WINDOW_SECONDS;
+use tally_domain::checkout::Reservation;
 use tally_domain::clock::Clock;
 use tally_domain::ids::{EventId, OrderId};
 use tally_sandbox::signature::sign;
@@ -32,6 +33,7 @@ tally_testkit::engine_tests!(
     cancelling_a_reserved_order_releases_its_stock,
     cancel_refuses_what_it_cannot_do,
     a_step_sees_whether_its_order_changed,
+    a_planned_reservation_is_written_only_if_it_still_fits,
     racing_copies_of_a_prepared_effect_apply_once,
     a_returned_order_is_restocked_and_refunded_once,
     ledger_and_audit_tell_a_completed_orders_story,
@@ -962,5 +964,48 @@ async fn dead_letters_are_discarded_once(engine: Engine) {
             problem(bare_post(&app, &key, &path), 404, "not-found").await;
         }
     }
+    app.stop().await;
+}
+
+/// A reservation planned on stock as read is checked on the rows as locked: while the unit is
+/// there it is reserved, with its movement; once another order took it, nothing is written and
+/// the caller is told to plan again.
+async fn a_planned_reservation_is_written_only_if_it_still_fits(engine: Engine) {
+    let app = spawn_app(engine).await;
+    app.create_product("Cap", &[("CAP", 1_500)]).await;
+    assert_eq!(app.adjust("cap-stock", "CAP", "wh", 1).await.status(), 200);
+    let reservation = Reservation {
+        sku: "CAP".to_owned(),
+        location: "wh".to_owned(),
+        quantity: 1,
+    };
+    let reserve = || async {
+        let mut tx = app.store().begin().await.expect("a transaction");
+        let reserved = tally_store::stock::reserve_if_available(
+            tx.as_mut(),
+            app.tenant,
+            OrderId::generate(),
+            std::slice::from_ref(&reservation),
+            Utc::now(),
+        )
+        .await
+        .expect("reserve");
+        tx.commit().await.expect("commit");
+        reserved
+    };
+    assert!(reserve().await, "the one unit is reserved");
+    assert!(!reserve().await, "no unit is left for a second reservation");
+    let mut tx = app.store().begin().await.expect("a transaction");
+    let rows = tx
+        .read_stock(app.tenant, &["CAP".to_owned()])
+        .await
+        .expect("stock");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].level.on_hand, rows[0].level.reserved),
+        (1, 1),
+        "one unit on hand, reserved once"
+    );
     app.stop().await;
 }

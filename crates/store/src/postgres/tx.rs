@@ -58,6 +58,17 @@ fn sku_strings(skus: &[Sku]) -> Vec<String> {
     skus.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
+fn stock_row(row: &PgRow) -> Result<LockedStock, StoreError> {
+    Ok(LockedStock {
+        sku: row.try_get("sku")?,
+        location: row.try_get("location")?,
+        level: StockLevel {
+            on_hand: row.try_get("on_hand")?,
+            reserved: row.try_get("reserved")?,
+        },
+    })
+}
+
 #[async_trait]
 impl Tx for PgTx {
     async fn lock_idempotency_key(
@@ -434,18 +445,23 @@ impl Tx for PgTx {
         .bind(skus)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LockedStock {
-                    sku: row.try_get("sku")?,
-                    location: row.try_get("location")?,
-                    level: StockLevel {
-                        on_hand: row.try_get("on_hand")?,
-                        reserved: row.try_get("reserved")?,
-                    },
-                })
-            })
-            .collect()
+        rows.iter().map(stock_row).collect()
+    }
+
+    async fn read_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, location, on_hand, reserved FROM stock_levels \
+             WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku, location",
+        )
+        .bind(tenant.as_uuid())
+        .bind(skus)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(stock_row).collect()
     }
 
     async fn move_stock(
@@ -474,6 +490,36 @@ impl Tx for PgTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn shift_stock(
+        &mut self,
+        tenant: TenantId,
+        delta: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<bool, StoreError> {
+        let written = sqlx::query(
+            "WITH level AS ( \
+                 UPDATE stock_levels SET on_hand = on_hand + $1, reserved = reserved + $2, updated_at = $3 \
+                 WHERE tenant_id = $4 AND sku = $5 AND location = $6 \
+                   AND reserved + $2 >= 0 AND on_hand + $1 - (reserved + $2) >= 0 \
+                 RETURNING 1 \
+             ) \
+             INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) \
+             SELECT $4, $5, $6, $7, $8, $9, $3 FROM level",
+        )
+        .bind(delta.on_hand)
+        .bind(delta.reserved)
+        .bind(movement.at)
+        .bind(tenant.as_uuid())
+        .bind(&movement.sku)
+        .bind(&movement.location)
+        .bind(movement.kind.as_str())
+        .bind(movement.quantity)
+        .bind(movement.order_id.map(|id| id.as_uuid()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(written.rows_affected() == 1)
     }
 
     async fn insert_journal_entry(

@@ -264,6 +264,25 @@ pub(super) fn write_effect(
     Ok((outcome == EffectOutcome::Written, outcome))
 }
 
+fn insert_movement(
+    connection: &Connection,
+    tenant: TenantId,
+    movement: &StockMovement,
+) -> Result<(), StoreError> {
+    sql::query(
+        "INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant.as_uuid())
+    .bind(&movement.sku)
+    .bind(&movement.location)
+    .bind(movement.kind.as_str())
+    .bind(movement.quantity)
+    .bind(movement.order_id.map(|id| id.as_uuid()))
+    .bind(to_micros(movement.at))
+    .execute(connection)?;
+    Ok(())
+}
+
 #[async_trait]
 impl Tx for SqliteTx {
     async fn lock_idempotency_key(&mut self, _: TenantId, _: &str) -> Result<bool, StoreError> {
@@ -512,6 +531,15 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         skus: &[String],
     ) -> Result<Vec<LockedStock>, StoreError> {
+        // The single writer holds every row already.
+        self.read_stock(tenant, skus).await
+    }
+
+    async fn read_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
         let list = serde_json::Value::from(skus.to_vec()).to_string();
         let rows = sql::query(
             "SELECT sku, location, on_hand, reserved FROM stock_levels \
@@ -550,18 +578,33 @@ impl Tx for SqliteTx {
         .bind(&movement.sku)
         .bind(&movement.location)
         .execute(self.tx.connection()?)?;
-        sql::query(
-            "INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        insert_movement(self.tx.connection()?, tenant, movement)
+    }
+
+    async fn shift_stock(
+        &mut self,
+        tenant: TenantId,
+        delta: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<bool, StoreError> {
+        let connection = self.tx.connection()?;
+        let changed = sql::query(
+            "UPDATE stock_levels SET on_hand = on_hand + ?1, reserved = reserved + ?2, updated_at = ?3 \
+             WHERE tenant_id = ?4 AND sku = ?5 AND location = ?6 \
+               AND reserved + ?2 >= 0 AND on_hand + ?1 - (reserved + ?2) >= 0",
         )
+        .bind(delta.on_hand)
+        .bind(delta.reserved)
+        .bind(to_micros(movement.at))
         .bind(tenant.as_uuid())
         .bind(&movement.sku)
         .bind(&movement.location)
-        .bind(movement.kind.as_str())
-        .bind(movement.quantity)
-        .bind(movement.order_id.map(|id| id.as_uuid()))
-        .bind(to_micros(movement.at))
-        .execute(self.tx.connection()?)?;
-        Ok(())
+        .execute(connection)?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_movement(connection, tenant, movement)?;
+        Ok(true)
     }
 
     async fn insert_journal_entry(
