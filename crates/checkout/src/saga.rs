@@ -191,13 +191,7 @@ async fn reserve(event: &LogEvent, order: OrderId, delivery: &Delivery) -> Resul
     };
     let now = delivery.clock().now();
     let mut step = Step::new(event, order, &state, now);
-    state.saga.reservations = reservations;
-    state.saga.reservations_held = true;
-    step.advance(
-        OrderStatus::Reserved,
-        EventType::OrderStockReserved,
-        json!({"reservations": state.saga.reservations}),
-    );
+    hold(&mut step, &mut state, reservations);
     step.prepare(&state, delivery.store().log_partitions())
         .write(tx.as_mut())
         .await?;
@@ -246,13 +240,7 @@ async fn reserve_locked(
                 now,
             )
             .await?;
-            state.saga.reservations = reservations;
-            state.saga.reservations_held = true;
-            step.advance(
-                OrderStatus::Reserved,
-                EventType::OrderStockReserved,
-                json!({"reservations": state.saga.reservations}),
-            );
+            hold(&mut step, &mut state, reservations);
         }
         Err(OutOfStock { sku }) => {
             state.saga.cancel_reason = Some(format!("out_of_stock:{sku}"));
@@ -264,6 +252,21 @@ async fn reserve_locked(
         }
     }
     step.commit(tx, &state, delivery).await
+}
+
+/// The order now holds `reservations`: the step advances it to reserved.
+fn hold(
+    step: &mut Step,
+    state: &mut OrderState,
+    reservations: Vec<tally_domain::checkout::Reservation>,
+) {
+    state.saga.reservations = reservations;
+    state.saga.reservations_held = true;
+    step.advance(
+        OrderStatus::Reserved,
+        EventType::OrderStockReserved,
+        json!({"reservations": state.saga.reservations}),
+    );
 }
 
 /// The order's lines as (SKU, quantity).

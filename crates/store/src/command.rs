@@ -370,7 +370,18 @@ async fn decide(
                 order_id: None,
                 at: now,
             };
-            tx.move_stock(tenant, after, &movement).await?;
+            let change = StockLevel {
+                on_hand: after.on_hand - before.on_hand,
+                reserved: after.reserved - before.reserved,
+            };
+            // The row is locked and the change was checked against it: the store's own guard
+            // can only agree.
+            if !tx.shift_stock(tenant, change, &movement).await? {
+                return Err(CommandError::Store(StoreError::Corrupt(format!(
+                    "stock row {}@{} refused a checked adjustment",
+                    adjustment.sku, adjustment.location
+                ))));
+            }
             let outcome = Outcome::StockAdjusted {
                 sku: adjustment.sku,
                 location: adjustment.location,

@@ -154,14 +154,6 @@ pub trait Tx: Send {
         delta: StockLevel,
         movement: &StockMovement,
     ) -> Result<bool, StoreError>;
-    /// Writes a level read by `lock_stock` or `lock_stock_level`, with the movement that
-    /// explains the change.
-    async fn move_stock(
-        &mut self,
-        tenant: TenantId,
-        level: StockLevel,
-        movement: &StockMovement,
-    ) -> Result<(), StoreError>;
 
     /// Writes an entry and its postings; the database refuses one that does not balance.
     async fn insert_journal_entry(

@@ -464,34 +464,6 @@ impl Tx for PgTx {
         rows.iter().map(stock_row).collect()
     }
 
-    async fn move_stock(
-        &mut self,
-        tenant: TenantId,
-        level: StockLevel,
-        movement: &StockMovement,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "WITH level AS ( \
-                 UPDATE stock_levels SET on_hand = $1, reserved = $2, updated_at = $3 \
-                 WHERE tenant_id = $4 AND sku = $5 AND location = $6 \
-             ) \
-             INSERT INTO stock_movements (tenant_id, sku, location, kind, quantity, order_id, at) \
-             VALUES ($4, $5, $6, $7, $8, $9, $3)",
-        )
-        .bind(level.on_hand)
-        .bind(level.reserved)
-        .bind(movement.at)
-        .bind(tenant.as_uuid())
-        .bind(&movement.sku)
-        .bind(&movement.location)
-        .bind(movement.kind.as_str())
-        .bind(movement.quantity)
-        .bind(movement.order_id.map(|id| id.as_uuid()))
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     async fn shift_stock(
         &mut self,
         tenant: TenantId,

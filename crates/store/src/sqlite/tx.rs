@@ -562,25 +562,6 @@ impl Tx for SqliteTx {
             .collect()
     }
 
-    async fn move_stock(
-        &mut self,
-        tenant: TenantId,
-        level: StockLevel,
-        movement: &StockMovement,
-    ) -> Result<(), StoreError> {
-        sql::query(
-            "UPDATE stock_levels SET on_hand = ?, reserved = ?, updated_at = ? WHERE tenant_id = ? AND sku = ? AND location = ?",
-        )
-        .bind(level.on_hand)
-        .bind(level.reserved)
-        .bind(to_micros(movement.at))
-        .bind(tenant.as_uuid())
-        .bind(&movement.sku)
-        .bind(&movement.location)
-        .execute(self.tx.connection()?)?;
-        insert_movement(self.tx.connection()?, tenant, movement)
-    }
-
     async fn shift_stock(
         &mut self,
         tenant: TenantId,
