@@ -370,12 +370,9 @@ async fn decide(
                 order_id: None,
                 at: now,
             };
-            let change = StockLevel {
-                on_hand: after.on_hand - before.on_hand,
-                reserved: after.reserved - before.reserved,
-            };
             // The row is locked and the change was checked against it: the store's own guard
             // can only agree.
+            let change = crate::stock::delta(movement.kind, movement.quantity);
             if !tx.shift_stock(tenant, change, &movement).await? {
                 return Err(CommandError::Store(StoreError::Corrupt(format!(
                     "stock row {}@{} refused a checked adjustment",

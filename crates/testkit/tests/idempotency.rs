@@ -224,9 +224,10 @@ fn new_order(sku: &str) -> NewOrder {
     .expect("an order request")
 }
 
-/// Twenty-four processes (each with its own in-flight set, so none answers 409 on another's
-/// behalf) place the same request under one key at once, straight through the store: one
-/// order is stored, and every other process answers with its stored response or 409.
+/// Twenty-four processes (each with its own `Commands` and in-flight set, so none answers 409
+/// on another's behalf) place the same request under one key at once: the store's own key
+/// check in the command transaction leaves one order, and every other process answers with the
+/// stored response or 409.
 async fn processes_racing_under_one_key_place_one_order(engine: Engine) {
     let app = spawn_app(engine).await;
     ready_catalog(&app).await;
