@@ -228,6 +228,7 @@ impl<'a> Step<'a> {
             journal: self.journal,
             audit,
             events,
+            stock: Vec::new(),
         }
     }
 

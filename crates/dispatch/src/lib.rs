@@ -34,7 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_domain::clock::Clock;
 use tally_domain::ids::EventId;
-use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect, settled};
+use tally_store::effect::{EffectOutcome, Once, OrderChange, PreparedEffect, settled};
 use tally_store::{DeadLetterRecord, LogEvent, Store, StoreError, Tx};
 
 pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_delay};
@@ -213,8 +213,10 @@ impl Delivery {
             Origin::DeadLetter(letter) => Some((**letter).clone()),
         };
         let effect = PreparedEffect {
-            group: self.group,
-            event: self.event.id,
+            once: Once::Inbox {
+                group: self.group,
+                event: self.event.id,
+            },
             settles,
             change,
         };

@@ -70,7 +70,13 @@ pub fn record(
 pub(crate) struct Unsealed {
     pub(crate) seq: i64,
     pub(crate) tenant: TenantId,
-    pub(crate) body: Value,
+    pub(crate) draft: AuditDraft,
+}
+
+/// A draft as the embedded engine stores it, as text; parsed straight into the draft, with no
+/// JSON tree in between (sealing parses every record the store writes).
+pub(crate) fn draft_from_text(text: &str, row: i64) -> Result<AuditDraft, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit draft {row}: {e}")))
 }
 
 /// Sealed records by row (`seq`), and every touched tenant's new chain head.
@@ -83,10 +89,8 @@ pub(crate) fn seal(
 ) -> Result<Sealing, StoreError> {
     let mut sealed = Vec::with_capacity(rows.len());
     for row in rows {
-        let draft: AuditDraft = serde_json::from_value(row.body)
-            .map_err(|e| StoreError::Corrupt(format!("audit draft {}: {e}", row.seq)))?;
         let head = heads.entry(row.tenant).or_insert(ChainHead::GENESIS);
-        let record = tally_audit::seal_after(head, draft);
+        let record = tally_audit::seal_after(head, row.draft);
         *head = record.head();
         sealed.push((row.seq, record));
     }
@@ -95,13 +99,11 @@ pub(crate) fn seal(
 
 /// Rebuilds a sealed record from its stored draft and chain fields.
 pub(crate) fn sealed_record(
-    body: Value,
+    draft: AuditDraft,
     sequence: i64,
     prev_hash: &[u8],
     hash: &[u8],
 ) -> Result<AuditRecord, StoreError> {
-    let draft: AuditDraft = serde_json::from_value(body)
-        .map_err(|e| StoreError::Corrupt(format!("audit record {sequence}: {e}")))?;
     let digest = |bytes: &[u8]| -> Result<[u8; 32], StoreError> {
         bytes.try_into().map_err(|_| {
             StoreError::Corrupt(format!("audit record {sequence}: a hash is not 32 bytes"))

@@ -1,5 +1,5 @@
-//! A consumer's effect on an order whose rows were all made before the store's writer was
-//! taken: what the writer does for it is a fixed list of statements, which lets the embedded
+//! A consumer's effect on an order, or a partner webhook's, whose rows were all made before the
+//! store's writer was taken: what the writer does for it is a fixed list of statements, which lets the embedded
 //! engine run many such effects back to back in one hold of its single writer (see
 //! `sqlite::group`), instead of passing the writer from task to task between them.
 
@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId, TenantId};
 
-use crate::records::{DeadLetterRecord, NewAuditRecord, NewEvent, NewJournalEntry};
+use crate::records::{DeadLetterRecord, NewAuditRecord, NewEvent, NewJournalEntry, StockMovement};
 use crate::{StoreError, Tx};
 
 /// A change to one order, with everything it writes beside the order: its ledger entries,
-/// audit record and events. It holds only if the order is still in `expected_status` with
+/// audit record, events and stock movements. It holds only if the order is still in `expected_status` with
 /// `expected_saga`, as when the change was made.
 #[derive(Debug, Clone)]
 pub struct OrderChange {
@@ -25,6 +25,9 @@ pub struct OrderChange {
     pub journal: Vec<NewJournalEntry>,
     pub audit: NewAuditRecord,
     pub events: Vec<NewEvent>,
+    /// Moves of the order's own hold on stock (from [`crate::stock::movements`]), written last,
+    /// so that a busy SKU's row stays locked for its own update and the commit only.
+    pub stock: Vec<StockMovement>,
 }
 
 impl OrderChange {
@@ -37,16 +40,39 @@ impl OrderChange {
             tx.insert_journal_entry(self.tenant, entry).await?;
         }
         tx.insert_audit(&self.audit).await?;
-        tx.append_events(&self.events).await
+        tx.append_events(&self.events).await?;
+        crate::stock::move_all(tx, self.tenant, &self.stock).await
     }
 }
 
-/// One event's effect, ready to store: the inbox row that makes it exactly once, and its
-/// change to an order.
+/// What makes an effect happen once: a row that only its first delivery can insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once {
+    /// A consumer group's inbox row for the event it applies.
+    Inbox { group: &'static str, event: EventId },
+    /// A partner's webhook delivery, by the id the partner gave it.
+    Webhook {
+        source: &'static str,
+        delivery: String,
+    },
+}
+
+impl Once {
+    /// Inserts the row in `tx`; `false` when it was there already.
+    async fn insert(&self, tx: &mut dyn Tx, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        match self {
+            Once::Inbox { group, event } => tx.insert_inbox(group, *event, at).await,
+            Once::Webhook { source, delivery } => {
+                tx.insert_webhook_delivery(source, delivery, at).await
+            }
+        }
+    }
+}
+
+/// One effect, ready to store: the row that makes it exactly once, and its change to an order.
 #[derive(Debug, Clone)]
 pub struct PreparedEffect {
-    pub group: &'static str,
-    pub event: EventId,
+    pub once: Once,
     /// A retried dead letter to mark settled with the effect, or `None` from a partition.
     pub settles: Option<DeadLetterRecord>,
     pub change: OrderChange,
@@ -57,8 +83,8 @@ pub struct PreparedEffect {
 pub enum EffectOutcome {
     /// Stored and committed.
     Written,
-    /// The group had applied the event before: nothing of it was stored (but a retried dead
-    /// letter is marked settled).
+    /// The group had applied the event (or the webhook delivery was applied) before: nothing
+    /// of it was stored (but a retried dead letter is marked settled).
     AlreadyApplied,
     /// The order is no longer as the effect expected: nothing was stored, and the effect must
     /// be made again from the order as it is now.
@@ -81,10 +107,7 @@ pub(crate) async fn write_in(
     effect: &PreparedEffect,
 ) -> Result<EffectOutcome, StoreError> {
     let change = &effect.change;
-    let outcome = if !tx
-        .insert_inbox(effect.group, effect.event, change.at)
-        .await?
-    {
+    let outcome = if !effect.once.insert(tx.as_mut(), change.at).await? {
         EffectOutcome::AlreadyApplied
     } else if !tx
         .order_still(

@@ -32,15 +32,53 @@ pub async fn move_reservations(
     kind: MovementKind,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    match shift(tx, tenant, order, reservations, kind, now).await? {
+    move_all(tx, tenant, &movements(order, reservations, kind, now)).await
+}
+
+/// Applies `movements` (from [`movements`]) in their order; a row that refuses one is an error,
+/// since the order's own hold is what they move.
+pub(crate) async fn move_all(
+    tx: &mut dyn Tx,
+    tenant: TenantId,
+    movements: &[StockMovement],
+) -> Result<(), StoreError> {
+    match shift(tx, tenant, movements).await? {
         None => Ok(()),
-        Some(reservation) => Err(StoreError::Corrupt(format!(
-            "stock row {}@{} is missing or has too few units to {}",
-            reservation.sku,
-            reservation.location,
-            kind.as_str()
-        ))),
+        Some(movement) => Err(refused(movement)),
     }
+}
+
+/// What a move of the order's own hold that its row refused is: the store is inconsistent.
+pub(crate) fn refused(movement: &StockMovement) -> StoreError {
+    StoreError::Corrupt(format!(
+        "stock row {}@{} is missing or has too few units to {}",
+        movement.sku,
+        movement.location,
+        movement.kind.as_str()
+    ))
+}
+
+/// The movements that apply `kind` to the reservations, in (SKU, location) order, the order in
+/// which every transaction changes stock rows, so that concurrent moves cannot deadlock.
+pub fn movements(
+    order: OrderId,
+    reservations: &[Reservation],
+    kind: MovementKind,
+    now: DateTime<Utc>,
+) -> Vec<StockMovement> {
+    let mut ordered: Vec<&Reservation> = reservations.iter().collect();
+    ordered.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+    ordered
+        .into_iter()
+        .map(|reservation| StockMovement {
+            sku: reservation.sku.clone(),
+            location: reservation.location.clone(),
+            kind,
+            quantity: i64::from(reservation.quantity),
+            order_id: Some(order),
+            at: now,
+        })
+        .collect()
 }
 
 /// Reserves every reservation if each still fits its row, and returns whether it did. On
@@ -54,37 +92,22 @@ pub async fn reserve_if_available(
     reservations: &[Reservation],
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let refused = shift(tx, tenant, order, reservations, MovementKind::Reserved, now).await?;
-    Ok(refused.is_none())
+    let movements = movements(order, reservations, MovementKind::Reserved, now);
+    Ok(shift(tx, tenant, &movements).await?.is_none())
 }
 
-/// Applies `kind` to the reservations in (SKU, location) order; stops at the first whose row
-/// refused it and returns it.
+/// Applies `movements` in their order; stops at the first whose row refused it and returns it.
 async fn shift<'a>(
     tx: &mut dyn Tx,
     tenant: TenantId,
-    order: OrderId,
-    reservations: &'a [Reservation],
-    kind: MovementKind,
-    now: DateTime<Utc>,
-) -> Result<Option<&'a Reservation>, StoreError> {
-    let mut ordered: Vec<&Reservation> = reservations.iter().collect();
-    ordered.sort_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
-    for reservation in ordered {
-        let quantity = i64::from(reservation.quantity);
-        let movement = StockMovement {
-            sku: reservation.sku.clone(),
-            location: reservation.location.clone(),
-            kind,
-            quantity,
-            order_id: Some(order),
-            at: now,
-        };
+    movements: &'a [StockMovement],
+) -> Result<Option<&'a StockMovement>, StoreError> {
+    for movement in movements {
         if !tx
-            .shift_stock(tenant, delta(kind, quantity), &movement)
+            .shift_stock(tenant, delta(movement.kind, movement.quantity), movement)
             .await?
         {
-            return Ok(Some(reservation));
+            return Ok(Some(movement));
         }
     }
     Ok(None)

@@ -8,7 +8,10 @@ use tally_domain::event::{EventDraft, EventType};
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::order::OrderStatus;
 
+use tally_domain::checkout::Saga;
+
 use crate::audit::{Actor, Cause, Change};
+use crate::effect::{EffectOutcome, Once, OrderChange, PreparedEffect};
 use crate::log::{Causes, envelope};
 use crate::{MovementKind, Store, StoreError};
 
@@ -66,8 +69,54 @@ const fn transition(update: ShipmentUpdate) -> (OrderStatus, OrderStatus, EventT
     }
 }
 
-/// Applies one delivery of a carrier webhook in one transaction.
+/// The webhooks' source in the table of deliveries.
+const CARRIER: &str = "carrier";
+
+/// Applies one delivery of a carrier webhook in one transaction. The change is made from the
+/// order as last committed, before the store's writer is taken (on SQLite, one of many changes
+/// run in a single hold of it); if the order moved on meanwhile, it is made again on the order
+/// locked first.
 pub async fn apply_shipment_update(
+    store: &dyn Store,
+    tenant: TenantId,
+    order: OrderId,
+    update: ShipmentUpdate,
+    delivery_id: &str,
+    now: DateTime<Utc>,
+) -> Result<WebhookOutcome, StoreError> {
+    let (from, ..) = transition(update);
+    if let Some(record) = store.order(tenant, order).await?
+        && record.status == from.as_str()
+    {
+        let mut saga = record.saga.clone();
+        let change = shipment_change(
+            store.log_partitions(),
+            (tenant, order),
+            (from, &record.saga),
+            &mut saga,
+            update,
+            delivery_id,
+            now,
+        );
+        let effect = PreparedEffect {
+            once: Once::Webhook {
+                source: CARRIER,
+                delivery: delivery_id.to_owned(),
+            },
+            settles: None,
+            change,
+        };
+        match store.write_effect(effect).await? {
+            EffectOutcome::Written => return Ok(WebhookOutcome::Applied),
+            EffectOutcome::AlreadyApplied => return Ok(WebhookOutcome::AlreadyApplied),
+            EffectOutcome::OrderChanged => {}
+        }
+    }
+    apply_locked(store, tenant, order, update, delivery_id, now).await
+}
+
+/// Applies the webhook on the order locked first, deciding from what it finds there.
+async fn apply_locked(
     store: &dyn Store,
     tenant: TenantId,
     order: OrderId,
@@ -77,19 +126,19 @@ pub async fn apply_shipment_update(
 ) -> Result<WebhookOutcome, StoreError> {
     let mut tx = store.begin().await?;
     if !tx
-        .insert_webhook_delivery("carrier", delivery_id, now)
+        .insert_webhook_delivery(CARRIER, delivery_id, now)
         .await?
     {
         tx.rollback().await?;
         return Ok(WebhookOutcome::AlreadyApplied);
     }
-    let Some(mut state) = tx.lock_order(tenant, order).await? else {
+    let Some(state) = tx.lock_order(tenant, order).await? else {
         tx.rollback().await?;
         return Ok(WebhookOutcome::UnknownOrder);
     };
     let status =
         OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
-    let (from, to, event_type) = transition(update);
+    let (from, ..) = transition(update);
     if status != from {
         return match lifecycle_rank(status) {
             // Not at the step the update follows yet: refuse without recording the delivery, so
@@ -105,15 +154,42 @@ pub async fn apply_shipment_update(
             }
         };
     }
-    // The reserved units leave the warehouse. Their stock rows are written last, so that a
-    // busy SKU's row stays locked for its own update and the commit only.
-    let shipped = if update == ShipmentUpdate::Shipped {
-        crate::stock::take_hold(&mut state.saga)
+    let mut saga = state.saga.clone();
+    let change = shipment_change(
+        store.log_partitions(),
+        (tenant, order),
+        (status, &state.saga),
+        &mut saga,
+        update,
+        delivery_id,
+        now,
+    );
+    change.write(tx.as_mut()).await?;
+    tx.commit().await?;
+    Ok(WebhookOutcome::Applied)
+}
+
+/// The webhook's change to an order that is at the status it follows, `before` (its status and
+/// saga), and whose saga becomes `saga`: the new status, the audit record, the event and, when
+/// the shipment left, the reserved units taken out of stock.
+fn shipment_change(
+    partitions: u32,
+    (tenant, order): (TenantId, OrderId),
+    before: (OrderStatus, &Saga),
+    saga: &mut Saga,
+    update: ShipmentUpdate,
+    delivery_id: &str,
+    now: DateTime<Utc>,
+) -> OrderChange {
+    let (_, to, event_type) = transition(update);
+    // The reserved units leave the warehouse.
+    let stock = if update == ShipmentUpdate::Shipped {
+        crate::stock::take_hold(saga).map_or_else(Vec::new, |reservations| {
+            crate::stock::movements(order, &reservations, MovementKind::Shipped, now)
+        })
     } else {
-        None
+        Vec::new()
     };
-    tx.update_order(tenant, order, to.as_str(), &state.saga, now)
-        .await?;
     let key = order.to_string();
     let draft = EventDraft::new(
         event_type,
@@ -126,13 +202,13 @@ pub async fn apply_shipment_update(
         causation_id: Some(format!("webhook:{delivery_id}")),
         traceparent: None,
     };
-    let event = envelope(draft, tenant, store.log_partitions(), now, &causes);
+    let event = envelope(draft, tenant, partitions, now, &causes);
     let change = Change {
         entity_type: "order",
         entity_id: order.to_string(),
         action: event.event_type,
-        before: Some(json!({"status": status.as_str()})),
-        after: Some(json!({"status": to.as_str(), "saga": state.saga})),
+        before: Some(json!({"status": before.0.as_str()})),
+        after: Some(json!({"status": to.as_str(), "saga": saga})),
     };
     let cause = Cause {
         idempotency_key: Some(delivery_id.to_owned()),
@@ -142,23 +218,21 @@ pub async fn apply_shipment_update(
     let audit = crate::audit::record(
         tenant,
         now,
-        Actor::Partner("carrier".to_owned()),
+        Actor::Partner(CARRIER.to_owned()),
         change,
         cause,
     );
-    tx.insert_audit(&audit).await?;
-    tx.append_events(std::slice::from_ref(&event)).await?;
-    if let Some(reservations) = shipped {
-        crate::stock::move_reservations(
-            tx.as_mut(),
-            tenant,
-            order,
-            &reservations,
-            MovementKind::Shipped,
-            now,
-        )
-        .await?;
+    OrderChange {
+        tenant,
+        order,
+        expected_status: before.0.as_str().to_owned(),
+        expected_saga: before.1.clone(),
+        status: to.as_str().to_owned(),
+        saga: saga.clone(),
+        at: now,
+        journal: Vec::new(),
+        audit,
+        events: vec![event],
+        stock,
     }
-    tx.commit().await?;
-    Ok(WebhookOutcome::Applied)
 }

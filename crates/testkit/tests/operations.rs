@@ -20,7 +20,7 @@ use tally_sandbox::webhooks::{DELIVERED, ID_HEADER, SHIPPED, SIGNATURE_HEADER, T
 use tally_sandbox::{EffectKind, SandboxConfig};
 use tally_store::DeadLetterRecord;
 use tally_store::audit::{Actor, Cause, Change};
-use tally_store::effect::{EffectOutcome, OrderChange, PreparedEffect};
+use tally_store::effect::{EffectOutcome, Once, OrderChange, PreparedEffect};
 use tally_testkit::{Engine, TestApp, order_body, spawn_app, spawn_app_with};
 use tokio::time::{Instant, sleep};
 use uuid::Uuid;
@@ -30,6 +30,7 @@ tally_testkit::engine_tests!(
     signed_webhooks_that_do_not_fit_are_refused,
     a_webhook_before_the_shipment_step_is_not_ready,
     repeated_delivered_webhooks_apply_once,
+    racing_shipped_webhooks_ship_an_order_once,
     cancelling_a_reserved_order_releases_its_stock,
     cancel_refuses_what_it_cannot_do,
     a_step_sees_whether_its_order_changed,
@@ -465,6 +466,58 @@ async fn repeated_delivered_webhooks_apply_once(engine: Engine) {
     app.stop().await;
 }
 
+/// Copies of the shipped webhook for an order awaiting the carrier, sent all at once (half
+/// under one delivery id, half under ids of their own), are each acknowledged with 200; the
+/// order is shipped once, with one shipped event and one audit record of it, and its three
+/// reserved units leave stock once. Every copy is made from the order as it was before any of
+/// them was stored, so all but the first find it changed, or their delivery applied.
+async fn racing_shipped_webhooks_ship_an_order_once(engine: Engine) {
+    let app = spawn_app_with(engine, ApiConfig::default(), held_shipments()).await;
+    stock_up(&app).await;
+    let id = place(&app, TEE, 3).await;
+    wait_for(&app, &id, &["fulfillment_requested"]).await;
+    assert_eq!(stock_of(&app, TEE).await, (TEE_STOCK, 3), "reserved");
+    let shared = fresh_key();
+    let deliveries: Vec<String> = (0..16)
+        .map(|n| {
+            if n % 2 == 0 {
+                shared.clone()
+            } else {
+                fresh_key()
+            }
+        })
+        .collect();
+    let reference = reference(&app, &id);
+    let answers = futures::future::join_all(deliveries.iter().map(|delivery| {
+        let request = signed(&app, delivery, &update_body(&reference, SHIPPED, delivery));
+        async move { send(request).await.status().as_u16() }
+    }))
+    .await;
+    assert!(answers.iter().all(|&a| a == 200), "answers: {answers:?}");
+    let order = order_of(&app, &id).await;
+    assert_eq!(order["status"], "shipped", "{order}");
+    assert_eq!(events_of(&order, SHIPPED_EVENT), 1, "{order}");
+    assert_eq!(
+        stock_of(&app, TEE).await,
+        (TEE_STOCK - 3, 0),
+        "shipped once"
+    );
+    let trail = ok(
+        app.get("/v1/audit")
+            .query(&[("entity", format!("order:{id}"))]),
+        200,
+    )
+    .await;
+    let shipped = trail
+        .as_array()
+        .expect("a list of audit entries")
+        .iter()
+        .filter(|e| e["record"]["action"] == SHIPPED_EVENT)
+        .count();
+    assert_eq!(shipped, 1, "{trail}");
+    app.stop().await;
+}
+
 /// A reserved order cancelled while its payment is being authorized ends cancelled: the
 /// request is accepted (202) and replayed for the same key, a second request is refused as
 /// `not-cancellable`, any authorization is voided and nothing captured or shipped, the
@@ -585,8 +638,10 @@ fn test_effect(
         ..Cause::default()
     };
     PreparedEffect {
-        group: "effect-test",
-        event,
+        once: Once::Inbox {
+            group: "effect-test",
+            event,
+        },
         settles: None,
         change: OrderChange {
             tenant: app.tenant,
@@ -605,6 +660,7 @@ fn test_effect(
                 cause,
             ),
             events: Vec::new(),
+            stock: Vec::new(),
         },
     }
 }

@@ -407,9 +407,9 @@ impl Store for PgStore {
                 Ok(crate::audit::Unsealed {
                     seq: row.try_get("seq")?,
                     tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    body: {
-                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
-                        b
+                    draft: {
+                        let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
+                        draft
                     },
                 })
             })
@@ -478,8 +478,8 @@ impl Store for PgStore {
                 let hash: Vec<u8> = row.try_get("hash")?;
                 crate::audit::sealed_record(
                     {
-                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
-                        b
+                        let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
+                        draft
                     },
                     row.try_get("sequence")?,
                     &prev_hash,

@@ -374,14 +374,12 @@ impl Store for SqliteStore {
             let unsealed = rows
                 .iter()
                 .map(|row| {
+                    let seq = row.try_get("seq")?;
+                    let body: String = row.try_get("body")?;
                     Ok(crate::audit::Unsealed {
-                        seq: row.try_get("seq")?,
+                        seq,
                         tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                        body: {
-                            let b: String = row.try_get("body")?;
-                            serde_json::from_str::<serde_json::Value>(&b)
-                                .map_err(|e| corrupt("body", e))?
-                        },
+                        draft: crate::audit::draft_from_text(&body, seq)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -450,13 +448,11 @@ impl Store for SqliteStore {
             .map(|row| {
                 let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
                 let hash: Vec<u8> = row.try_get("hash")?;
+                let sequence = row.try_get("sequence")?;
+                let body: String = row.try_get("body")?;
                 crate::audit::sealed_record(
-                    {
-                        let b: String = row.try_get("body")?;
-                        serde_json::from_str::<serde_json::Value>(&b)
-                            .map_err(|e| corrupt("body", e))?
-                    },
-                    row.try_get("sequence")?,
+                    crate::audit::draft_from_text(&body, sequence)?,
+                    sequence,
                     &prev_hash,
                     &hash,
                 )

@@ -16,7 +16,7 @@ use tally_domain::text::Code;
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId};
 
-use crate::effect::{EffectOutcome, PreparedEffect, settled};
+use crate::effect::{EffectOutcome, Once, PreparedEffect, settled};
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
     NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
@@ -231,7 +231,13 @@ pub(super) fn write_effect(
     effect: &PreparedEffect,
 ) -> Result<(bool, EffectOutcome), StoreError> {
     let change = &effect.change;
-    let outcome = if !insert_inbox(connection, effect.group, effect.event, change.at)? {
+    let first = match &effect.once {
+        Once::Inbox { group, event } => insert_inbox(connection, group, *event, change.at)?,
+        Once::Webhook { source, delivery } => {
+            insert_webhook_delivery(connection, source, delivery, change.at)?
+        }
+    };
+    let outcome = if !first {
         EffectOutcome::AlreadyApplied
     } else if !order_still(
         connection,
@@ -255,6 +261,12 @@ pub(super) fn write_effect(
         }
         insert_audit(connection, &change.audit)?;
         append_events(connection, &change.events)?;
+        for movement in &change.stock {
+            let delta = crate::stock::delta(movement.kind, movement.quantity);
+            if !shift_stock(connection, change.tenant, delta, movement)? {
+                return Err(crate::stock::refused(movement));
+            }
+        }
         EffectOutcome::Written
     };
     if let Some(letter) = &effect.settles {
@@ -262,6 +274,50 @@ pub(super) fn write_effect(
         return Ok((true, outcome));
     }
     Ok((outcome == EffectOutcome::Written, outcome))
+}
+
+/// Records a partner's webhook delivery; `false` when it was recorded before.
+fn insert_webhook_delivery(
+    connection: &Connection,
+    source: &str,
+    delivery_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = sql::query(
+        "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(source)
+    .bind(delivery_id)
+    .bind(to_micros(now))
+    .execute(connection)?;
+    Ok(done == 1)
+}
+
+/// Adds `delta` to a stock row, with the movement that explains it, unless that would take its
+/// reserved or available units below zero; whether it did.
+fn shift_stock(
+    connection: &Connection,
+    tenant: TenantId,
+    delta: StockLevel,
+    movement: &StockMovement,
+) -> Result<bool, StoreError> {
+    let changed = sql::query(
+        "UPDATE stock_levels SET on_hand = on_hand + ?1, reserved = reserved + ?2, updated_at = ?3 \
+         WHERE tenant_id = ?4 AND sku = ?5 AND location = ?6 \
+           AND reserved + ?2 >= 0 AND on_hand + ?1 - (reserved + ?2) >= 0",
+    )
+    .bind(delta.on_hand)
+    .bind(delta.reserved)
+    .bind(to_micros(movement.at))
+    .bind(tenant.as_uuid())
+    .bind(&movement.sku)
+    .bind(&movement.location)
+    .execute(connection)?;
+    if changed != 1 {
+        return Ok(false);
+    }
+    insert_movement(connection, tenant, movement)?;
+    Ok(true)
 }
 
 fn insert_movement(
@@ -480,14 +536,7 @@ impl Tx for SqliteTx {
         delivery_id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let done = sql::query(
-            "INSERT INTO webhook_deliveries (source, delivery_id, received_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(source)
-        .bind(delivery_id)
-        .bind(to_micros(now))
-        .execute(self.tx.connection()?)?;
-        Ok(done == 1)
+        insert_webhook_delivery(self.tx.connection()?, source, delivery_id, now)
     }
 
     async fn lock_order(
@@ -568,24 +617,7 @@ impl Tx for SqliteTx {
         delta: StockLevel,
         movement: &StockMovement,
     ) -> Result<bool, StoreError> {
-        let connection = self.tx.connection()?;
-        let changed = sql::query(
-            "UPDATE stock_levels SET on_hand = on_hand + ?1, reserved = reserved + ?2, updated_at = ?3 \
-             WHERE tenant_id = ?4 AND sku = ?5 AND location = ?6 \
-               AND reserved + ?2 >= 0 AND on_hand + ?1 - (reserved + ?2) >= 0",
-        )
-        .bind(delta.on_hand)
-        .bind(delta.reserved)
-        .bind(to_micros(movement.at))
-        .bind(tenant.as_uuid())
-        .bind(&movement.sku)
-        .bind(&movement.location)
-        .execute(connection)?;
-        if changed != 1 {
-            return Ok(false);
-        }
-        insert_movement(connection, tenant, movement)?;
-        Ok(true)
+        shift_stock(self.tx.connection()?, tenant, delta, movement)
     }
 
     async fn insert_journal_entry(
