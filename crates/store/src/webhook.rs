@@ -84,27 +84,24 @@ pub async fn apply_shipment_update(
     delivery_id: &str,
     now: DateTime<Utc>,
 ) -> Result<WebhookOutcome, StoreError> {
+    let webhook = Webhook {
+        tenant,
+        order,
+        update,
+        delivery_id,
+        now,
+    };
     let (from, ..) = transition(update);
     if let Some(record) = store.order(tenant, order).await?
         && record.status == from.as_str()
     {
-        let mut saga = record.saga.clone();
-        let change = shipment_change(
-            store.log_partitions(),
-            (tenant, order),
-            (from, &record.saga),
-            &mut saga,
-            update,
-            delivery_id,
-            now,
-        );
         let effect = PreparedEffect {
             once: Once::Webhook {
                 source: CARRIER,
                 delivery: delivery_id.to_owned(),
             },
             settles: None,
-            change,
+            change: webhook.change(store.log_partitions(), from, &record.saga),
         };
         match store.write_effect(effect).await? {
             EffectOutcome::Written => return Ok(WebhookOutcome::Applied),
@@ -112,127 +109,126 @@ pub async fn apply_shipment_update(
             EffectOutcome::OrderChanged => {}
         }
     }
-    apply_locked(store, tenant, order, update, delivery_id, now).await
+    webhook.apply_locked(store).await
 }
 
-/// Applies the webhook on the order locked first, deciding from what it finds there.
-async fn apply_locked(
-    store: &dyn Store,
+/// One delivery of a carrier webhook about one order.
+#[derive(Debug, Clone, Copy)]
+struct Webhook<'a> {
     tenant: TenantId,
     order: OrderId,
     update: ShipmentUpdate,
-    delivery_id: &str,
+    delivery_id: &'a str,
     now: DateTime<Utc>,
-) -> Result<WebhookOutcome, StoreError> {
-    let mut tx = store.begin().await?;
-    if !tx
-        .insert_webhook_delivery(CARRIER, delivery_id, now)
-        .await?
-    {
-        tx.rollback().await?;
-        return Ok(WebhookOutcome::AlreadyApplied);
-    }
-    let Some(state) = tx.lock_order(tenant, order).await? else {
-        tx.rollback().await?;
-        return Ok(WebhookOutcome::UnknownOrder);
-    };
-    let status =
-        OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
-    let (from, ..) = transition(update);
-    if status != from {
-        return match lifecycle_rank(status) {
-            // Not at the step the update follows yet: refuse without recording the delivery, so
-            // the carrier's retry is applied once the saga gets there.
-            Some(rank) if Some(rank) < lifecycle_rank(from) => {
-                tx.rollback().await?;
-                Ok(WebhookOutcome::NotReady)
-            }
-            // Past it (a repeat under another id) or cancelled: acknowledged, nothing changes.
-            _ => {
-                tx.commit().await?;
-                Ok(WebhookOutcome::AlreadyApplied)
-            }
-        };
-    }
-    let mut saga = state.saga.clone();
-    let change = shipment_change(
-        store.log_partitions(),
-        (tenant, order),
-        (status, &state.saga),
-        &mut saga,
-        update,
-        delivery_id,
-        now,
-    );
-    change.write(tx.as_mut()).await?;
-    tx.commit().await?;
-    Ok(WebhookOutcome::Applied)
 }
 
-/// The webhook's change to an order that is at the status it follows, `before` (its status and
-/// saga), and whose saga becomes `saga`: the new status, the audit record, the event and, when
-/// the shipment left, the reserved units taken out of stock.
-fn shipment_change(
-    partitions: u32,
-    (tenant, order): (TenantId, OrderId),
-    before: (OrderStatus, &Saga),
-    saga: &mut Saga,
-    update: ShipmentUpdate,
-    delivery_id: &str,
-    now: DateTime<Utc>,
-) -> OrderChange {
-    let (_, to, event_type) = transition(update);
-    // The reserved units leave the warehouse.
-    let stock = if update == ShipmentUpdate::Shipped {
-        crate::stock::take_hold(saga).map_or_else(Vec::new, |reservations| {
-            crate::stock::movements(order, &reservations, MovementKind::Shipped, now)
-        })
-    } else {
-        Vec::new()
-    };
-    let key = order.to_string();
-    let draft = EventDraft::new(
-        event_type,
-        key.clone(),
-        key,
-        &json!({"order_id": order, "delivery_id": delivery_id}),
-    );
-    let causes = Causes {
-        correlation_id: None,
-        causation_id: Some(format!("webhook:{delivery_id}")),
-        traceparent: None,
-    };
-    let event = envelope(draft, tenant, partitions, now, &causes);
-    let change = Change {
-        entity_type: "order",
-        entity_id: order.to_string(),
-        action: event.event_type,
-        before: Some(json!({"status": before.0.as_str()})),
-        after: Some(json!({"status": to.as_str(), "saga": saga})),
-    };
-    let cause = Cause {
-        idempotency_key: Some(delivery_id.to_owned()),
-        causation_id: causes.causation_id.clone(),
-        ..Cause::default()
-    };
-    let audit = crate::audit::record(
-        tenant,
-        now,
-        Actor::Partner(CARRIER.to_owned()),
-        change,
-        cause,
-    );
-    OrderChange {
-        tenant,
-        order,
-        expected_status: before.0.as_str().to_owned(),
-        expected_saga: before.1.clone(),
-        status: to.as_str().to_owned(),
-        saga: saga.clone(),
-        at: now,
-        journal: Vec::new(),
-        audit,
-        events: vec![event],
-        stock,
+impl Webhook<'_> {
+    /// Applies the webhook on the order locked first, deciding from what it finds there.
+    async fn apply_locked(self, store: &dyn Store) -> Result<WebhookOutcome, StoreError> {
+        let mut tx = store.begin().await?;
+        if !tx
+            .insert_webhook_delivery(CARRIER, self.delivery_id, self.now)
+            .await?
+        {
+            tx.rollback().await?;
+            return Ok(WebhookOutcome::AlreadyApplied);
+        }
+        let Some(state) = tx.lock_order(self.tenant, self.order).await? else {
+            tx.rollback().await?;
+            return Ok(WebhookOutcome::UnknownOrder);
+        };
+        let status =
+            OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
+        let (from, ..) = transition(self.update);
+        if status != from {
+            return match lifecycle_rank(status) {
+                // Not at the step the update follows yet: refuse without recording the
+                // delivery, so the carrier's retry is applied once the saga gets there.
+                Some(rank) if Some(rank) < lifecycle_rank(from) => {
+                    tx.rollback().await?;
+                    Ok(WebhookOutcome::NotReady)
+                }
+                // Past it (a repeat under another id) or cancelled: acknowledged, nothing
+                // changes.
+                _ => {
+                    tx.commit().await?;
+                    Ok(WebhookOutcome::AlreadyApplied)
+                }
+            };
+        }
+        self.change(store.log_partitions(), status, &state.saga)
+            .write(tx.as_mut())
+            .await?;
+        tx.commit().await?;
+        Ok(WebhookOutcome::Applied)
+    }
+
+    /// The webhook's change to an order at `status`, the status it follows, with `saga`: the
+    /// new status, the audit record, the event and, when the shipment left, the reserved units
+    /// taken out of stock.
+    fn change(self, partitions: u32, status: OrderStatus, saga: &Saga) -> OrderChange {
+        let Webhook {
+            tenant,
+            order,
+            update,
+            delivery_id,
+            now,
+        } = self;
+        let before = saga;
+        let mut saga = before.clone();
+        let (_, to, event_type) = transition(update);
+        // The reserved units leave the warehouse.
+        let stock = if update == ShipmentUpdate::Shipped {
+            crate::stock::take_hold(&mut saga).map_or_else(Vec::new, |reservations| {
+                crate::stock::movements(order, &reservations, MovementKind::Shipped, now)
+            })
+        } else {
+            Vec::new()
+        };
+        let key = order.to_string();
+        let draft = EventDraft::new(
+            event_type,
+            key.clone(),
+            key,
+            &json!({"order_id": order, "delivery_id": delivery_id}),
+        );
+        let causes = Causes {
+            correlation_id: None,
+            causation_id: Some(format!("webhook:{delivery_id}")),
+            traceparent: None,
+        };
+        let event = envelope(draft, tenant, partitions, now, &causes);
+        let change = Change {
+            entity_type: "order",
+            entity_id: order.to_string(),
+            action: event.event_type,
+            before: Some(json!({"status": status.as_str()})),
+            after: Some(json!({"status": to.as_str(), "saga": saga})),
+        };
+        let cause = Cause {
+            idempotency_key: Some(delivery_id.to_owned()),
+            causation_id: causes.causation_id.clone(),
+            ..Cause::default()
+        };
+        let audit = crate::audit::record(
+            tenant,
+            now,
+            Actor::Partner(CARRIER.to_owned()),
+            change,
+            cause,
+        );
+        OrderChange {
+            tenant,
+            order,
+            expected_status: status.as_str().to_owned(),
+            expected_saga: before.clone(),
+            status: to.as_str().to_owned(),
+            saga,
+            at: now,
+            journal: Vec::new(),
+            audit,
+            events: vec![event],
+            stock,
+        }
     }
 }
