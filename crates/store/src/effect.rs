@@ -1,7 +1,7 @@
-//! A consumer's effect on an order, or a partner webhook's, whose rows were all made before the
-//! store's writer was taken: what the writer does for it is a fixed list of statements, which lets the embedded
-//! engine run many such effects back to back in one hold of its single writer (see
-//! `sqlite::group`), instead of passing the writer from task to task between them.
+//! A consumer's effect on an order, or a partner webhook's, whose rows were all made before
+//! the store's writer was taken: what the writer does for it is a fixed list of statements,
+//! which lets the embedded engine run many such effects back to back in one hold of its single
+//! writer (see `sqlite::group`), instead of passing the writer from task to task between them.
 
 use chrono::{DateTime, Utc};
 use tally_domain::checkout::Saga;
@@ -11,8 +11,8 @@ use crate::records::{DeadLetterRecord, NewAuditRecord, NewEvent, NewJournalEntry
 use crate::{StoreError, Tx};
 
 /// A change to one order, with everything it writes beside the order: its ledger entries,
-/// audit record, events and stock movements. It holds only if the order is still in `expected_status` with
-/// `expected_saga`, as when the change was made.
+/// audit record, events and stock movements. It holds only if the order is still in
+/// `expected_status` with `expected_saga`, as when the change was made.
 #[derive(Debug, Clone)]
 pub struct OrderChange {
     pub tenant: TenantId,

@@ -4,11 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use tally_domain::checkout::Saga;
 use tally_domain::event::{EventDraft, EventType};
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::order::OrderStatus;
-
-use tally_domain::checkout::Saga;
 
 use crate::audit::{Actor, Cause, Change};
 use crate::effect::{EffectOutcome, Once, OrderChange, PreparedEffect};
@@ -163,10 +162,10 @@ impl Webhook<'_> {
         Ok(WebhookOutcome::Applied)
     }
 
-    /// The webhook's change to an order at `status`, the status it follows, with `saga`: the
-    /// new status, the audit record, the event and, when the shipment left, the reserved units
-    /// taken out of stock.
-    fn change(self, partitions: u32, status: OrderStatus, saga: &Saga) -> OrderChange {
+    /// The webhook's change to an order at `status`, the status it follows, whose saga is
+    /// `before`: the new status, the audit record, the event and, when the shipment left, the
+    /// reserved units taken out of stock.
+    fn change(self, partitions: u32, status: OrderStatus, before: &Saga) -> OrderChange {
         let Webhook {
             tenant,
             order,
@@ -174,7 +173,6 @@ impl Webhook<'_> {
             delivery_id,
             now,
         } = self;
-        let before = saga;
         let mut saga = before.clone();
         let (_, to, event_type) = transition(update);
         // The reserved units leave the warehouse.

@@ -426,19 +426,22 @@ async fn a_webhook_before_the_shipment_step_is_not_ready(engine: Engine) {
     app.stop().await;
 }
 
-/// The delivery id the carrier's `update_event` webhook carried, from the order's audit trail.
-async fn carrier_delivery_id(app: &TestApp, id: &str, update_event: &str) -> String {
+/// The order's audit trail, oldest first, as `GET /v1/audit` lists it.
+async fn audit_trail(app: &TestApp, id: &str) -> Vec<Value> {
     let trail = ok(
         app.get("/v1/audit")
             .query(&[("entity", format!("order:{id}"))]),
         200,
     )
     .await;
-    let entries = trail.as_array().expect("a list of audit entries");
-    let entry = entries
-        .iter()
-        .find(|e| e["record"]["action"] == update_event);
-    let entry = entry.unwrap_or_else(|| panic!("no {update_event} in {trail}"));
+    trail.as_array().expect("a list of audit entries").clone()
+}
+
+/// The delivery id the carrier's `update_event` webhook carried, from the order's audit trail.
+async fn carrier_delivery_id(app: &TestApp, id: &str, update_event: &str) -> String {
+    let trail = audit_trail(app, id).await;
+    let entry = trail.iter().find(|e| e["record"]["action"] == update_event);
+    let entry = entry.unwrap_or_else(|| panic!("no {update_event} in {trail:?}"));
     let delivery = entry["record"]["cause"]["idempotency_key"].as_str();
     delivery
         .expect("a webhook's audit cause is its delivery id")
@@ -502,19 +505,12 @@ async fn racing_shipped_webhooks_ship_an_order_once(engine: Engine) {
         (TEE_STOCK - 3, 0),
         "shipped once"
     );
-    let trail = ok(
-        app.get("/v1/audit")
-            .query(&[("entity", format!("order:{id}"))]),
-        200,
-    )
-    .await;
+    let trail = audit_trail(&app, &id).await;
     let shipped = trail
-        .as_array()
-        .expect("a list of audit entries")
         .iter()
         .filter(|e| e["record"]["action"] == SHIPPED_EVENT)
         .count();
-    assert_eq!(shipped, 1, "{trail}");
+    assert_eq!(shipped, 1, "{trail:?}");
     app.stop().await;
 }
 
