@@ -67,8 +67,7 @@ pub fn encode(event: &LogEvent) -> Record {
     }
     Record {
         key: event.partition_key.clone(),
-        // A JSON value always serializes.
-        value: serde_json::to_vec(&event.data).unwrap_or_default(),
+        value: event.data.get().as_bytes().to_vec(),
         headers,
     }
 }
@@ -116,8 +115,10 @@ pub fn decode(
         .with_timezone(&Utc);
     let (name, sequence) = parsed("ce_sequence")?;
     let position: i64 = sequence.parse().map_err(|_| invalid((name, sequence)))?;
-    let data = serde_json::from_slice(value.unwrap_or_default())
-        .map_err(|e| Malformed::Data(e.to_string()))?;
+    let data =
+        serde_json::from_slice::<Box<serde_json::value::RawValue>>(value.unwrap_or_default())
+            .map_err(|e| Malformed::Data(e.to_string()))?
+            .into();
     Ok(LogEvent {
         position,
         id,
@@ -151,7 +152,7 @@ mod tests {
             partition_key: "order-1".to_owned(),
             partition: partition_of("order-1", 8),
             time: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap_or_default(),
-            data: json!({"total": {"minor": 1999, "currency": "USD"}}),
+            data: (&json!({"total": {"minor": 1999, "currency": "USD"}})).into(),
             correlation_id: Some("req-1".to_owned()),
             causation_id: None,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),

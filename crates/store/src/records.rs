@@ -151,6 +151,55 @@ pub struct NewEvent {
     pub traceparent: Option<String>,
 }
 
+/// An event's data as the JSON text the log holds. Nothing that reads the log on the way to an
+/// effect looks inside it (consumers route on the envelope, the relay forwards the text), so it
+/// is checked to be JSON but never parsed into a tree unless someone asks for its fields.
+#[derive(Debug, Clone)]
+pub struct EventData(Box<serde_json::value::RawValue>);
+
+impl EventData {
+    /// Takes `text` as it is, once it is checked to be one JSON value.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The data parsed, for whoever needs its fields.
+    pub fn value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.get())
+    }
+}
+
+impl From<Box<serde_json::value::RawValue>> for EventData {
+    fn from(raw: Box<serde_json::value::RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<&serde_json::Value> for EventData {
+    fn from(value: &serde_json::Value) -> Self {
+        // A JSON value always serializes, and what it serializes to is JSON.
+        Self(serde_json::value::to_raw_value(value).unwrap_or_default())
+    }
+}
+
+/// The same text; two spellings of one value differ (the log keeps what it was given).
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 /// An event read from the log, with its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogEvent {
@@ -163,7 +212,7 @@ pub struct LogEvent {
     pub partition_key: String,
     pub partition: u32,
     pub time: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: EventData,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub traceparent: Option<String>,

@@ -326,13 +326,14 @@ async fn run_until(app: &tally_testkit::TestApp, recorder: Arc<Recorder>, count:
 fn assert_each_key_in_order(applied: &[LogEvent]) {
     let mut on_hand: BTreeMap<String, i64> = BTreeMap::new();
     for event in applied {
-        let sku = event.data["sku"].as_str().expect("sku").to_owned();
+        let data = event.data.value().expect("event data is JSON");
+        let sku = data["sku"].as_str().expect("sku").to_owned();
         assert_eq!(
             event.partition_key, sku,
             "inventory events are keyed by SKU"
         );
-        let before = event.data["on_hand_before"].as_i64().expect("before");
-        let after = event.data["on_hand_after"].as_i64().expect("after");
+        let before = data["on_hand_before"].as_i64().expect("before");
+        let after = data["on_hand_after"].as_i64().expect("after");
         let current = on_hand.entry(sku.clone()).or_insert(0);
         assert_eq!(*current, before, "{sku}: applied out of order");
         *current = after;

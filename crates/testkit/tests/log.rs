@@ -90,7 +90,7 @@ fn assert_chains_unbroken(seen: &[LogEvent]) {
         if event.event_type != "tally.inventory.adjusted.v1" {
             continue;
         }
-        let data = &event.data;
+        let data = event.data.value().expect("event data is JSON");
         let key = (
             data["sku"].as_str().expect("sku").to_owned(),
             data["location"].as_str().expect("location").to_owned(),

@@ -854,7 +854,10 @@ fn log_event(row: &PgRow) -> Result<LogEvent, StoreError> {
         partition_key: row.try_get("partition_key")?,
         partition: u32::try_from(partition).map_err(|e| corrupt("event partition", e))?,
         time: row.try_get("time")?,
-        data: row.try_get("data")?,
+        data: row
+            .try_get::<Json<Box<serde_json::value::RawValue>>, _>("data")?
+            .0
+            .into(),
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         traceparent: row.try_get("traceparent")?,

@@ -809,7 +809,7 @@ fn log_event(row: &Row) -> Result<LogEvent, StoreError> {
         partition_key: row.try_get("partition_key")?,
         partition: u32::try_from(partition).map_err(|e| corrupt("event partition", e))?,
         time: from_micros(row.try_get("time")?)?,
-        data: serde_json::from_str(&data).map_err(|e| corrupt("event data", e))?,
+        data: EventData::from_json(data).map_err(|e| corrupt("event data", e))?,
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         traceparent: row.try_get("traceparent")?,
