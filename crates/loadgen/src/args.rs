@@ -23,6 +23,8 @@ pub const RATE_PER_S_MAX: f64 = 1_000_000.0;
 pub const ORDERS_COUNT_MAX: u64 = 100_000_000;
 /// The most concurrent settle polls: settling must not become a load of its own.
 pub const SETTLE_CONCURRENCY_MAX: u32 = 256;
+/// The largest catalog a run sets up (each SKU is one stock adjustment before the load).
+pub const SKUS_MAX: usize = 10_000;
 
 /// Drive a running Tally through its HTTP API: place orders at a fixed arrival rate or as fast
 /// as a concurrency allows, with retries and duplicate sends, then wait for every order to
@@ -74,6 +76,11 @@ pub struct BenchArgs {
     /// failure as an error; retries are counted by cause either way.
     #[arg(long, env = "TALLY_BENCH_TRANSIENT_RETRIES", default_value_t = 0)]
     pub transient_retries: u32,
+    /// How many SKUs orders are spread over (each order has 1 to 3 lines of different ones).
+    /// Few make every reservation wait for the same stock rows, as in a flash sale; a
+    /// catalog's worth spreads them out.
+    #[arg(long, env = "TALLY_BENCH_SKUS", default_value_t = crate::mix::SKUS_DEFAULT)]
+    pub skus: usize,
     /// Seed of the order mix (lines, quantities, which orders are retried, duplicated or
     /// declined): the same seed gives the same mix.
     #[arg(long, env = "TALLY_BENCH_SEED", default_value_t = 1)]
@@ -141,6 +148,7 @@ pub struct Settings {
     pub concurrency: u32,
     pub shares: Shares,
     pub seed: u64,
+    pub skus: usize,
     pub settle_timeout: Duration,
     pub settle_concurrency: u32,
     pub transient_retries: u32,
@@ -172,6 +180,10 @@ impl BenchArgs {
         ensure!(
             (1..=SETTLE_CONCURRENCY_MAX).contains(&self.settle_concurrency),
             "--settle-concurrency must be from 1 to {SETTLE_CONCURRENCY_MAX}"
+        );
+        ensure!(
+            (1..=SKUS_MAX).contains(&self.skus),
+            "--skus must be from 1 to {SKUS_MAX}"
         );
         ensure!(
             self.transient_retries <= TRANSIENT_RETRIES_MAX,
@@ -218,6 +230,7 @@ impl BenchArgs {
             concurrency: self.concurrency,
             shares,
             seed: self.seed,
+            skus: self.skus,
             settle_timeout: self.settle_timeout,
             settle_concurrency: self.settle_concurrency,
             transient_retries: self.transient_retries,
@@ -284,6 +297,8 @@ mod tests {
             &["--orders", "0"],
             &["--url", "https://example.com"],
             &["--transient-retries", "1001"],
+            &["--skus", "0"],
+            &["--skus", "10001"],
         ] {
             assert!(
                 parse(flags).settings().is_err(),

@@ -21,6 +21,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Units of stock put on every SKU: enough for an hour at 10,000 orders a second of up to
 /// three units a line, and below the API's largest single adjustment.
 pub const STOCK_UNITS_PER_SKU: i64 = 100_000_000;
+/// The API's limit of variants per product: a larger catalog is set up as several products.
+const PRODUCT_VARIANTS_MAX: usize = 100;
 /// Where the run's stock is held.
 pub const STOCK_LOCATION: &str = "bench";
 
@@ -200,9 +202,10 @@ impl Api {
         Ok(response.text().await?)
     }
 
-    /// Checks that the server answers, then creates the run's product and puts stock on every
-    /// SKU, so that orders complete instead of running out.
-    pub async fn prepare(&self, run_tag: &str) -> anyhow::Result<Catalog> {
+    /// Checks that the server answers, then creates the run's products (`skus` ordinary
+    /// variants and the two that steer the sandbox) and puts stock on every SKU, so that orders
+    /// complete instead of running out.
+    pub async fn prepare(&self, run_tag: &str, skus: usize) -> anyhow::Result<Catalog> {
         let live = self
             .http
             .get(self.url("/livez"))
@@ -212,19 +215,22 @@ impl Api {
         if !live.status().is_success() {
             bail!("{}/livez answered {}", self.base, live.status());
         }
-        let catalog = Catalog::new(run_tag);
+        let catalog = Catalog::new(run_tag, skus);
         let variants: Vec<serde_json::Value> = catalog
             .priced()
             .into_iter()
             .map(|(sku, price)| json!({"sku": sku, "prices": {"USD": price}}))
             .collect();
-        let product = json!({"name": format!("tally bench {run_tag}"), "variants": variants});
-        self.set_up(
-            "/v1/products",
-            &format!("bench-{run_tag}-product"),
-            &product,
-        )
-        .await?;
+        for (n, variants) in variants.chunks(PRODUCT_VARIANTS_MAX).enumerate() {
+            let product =
+                json!({"name": format!("tally bench {run_tag} {n}"), "variants": variants});
+            self.set_up(
+                "/v1/products",
+                &format!("bench-{run_tag}-product-{n}"),
+                &product,
+            )
+            .await?;
+        }
         for (sku, _) in catalog.priced() {
             let adjustment = json!({
                 "sku": sku,

@@ -83,7 +83,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let api = Api::new(&settings.base_url, &settings.api_key, connections)?
         .with_transient_retries(settings.transient_retries);
     let run_tag = uuid::Uuid::now_v7().simple().to_string();
-    let catalog = api.prepare(&run_tag).await?;
+    let catalog = api.prepare(&run_tag, settings.skus).await?;
 
     let (run_over, run_over_rx) = watch::channel(false);
     let scraper = tokio::spawn(metrics_scrape::scrape_until(api.clone(), run_over_rx));
@@ -104,7 +104,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let run = Arc::new(Run {
         api: api.clone(),
         catalog,
-        mix: Mix::new(settings.shares, settings.seed),
+        mix: Mix::new(settings.shares, settings.seed).over_skus(settings.skus),
         schedule: settings.schedule.clone(),
         recorder: Arc::clone(&recorder),
         run_tag: run_tag.clone(),

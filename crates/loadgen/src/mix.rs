@@ -10,7 +10,11 @@
 use serde_json::{Value, json};
 
 /// Unit prices of the ordinary variants, in USD cents: multiples of 100, see the module doc.
+/// Variant `i` costs `PRICES_MINOR[i % 4]`.
 pub const PRICES_MINOR: [i64; 4] = [1_200, 2_500, 4_900, 9_900];
+/// How many ordinary variants orders are spread over unless told otherwise: few, so that every
+/// reservation contends for the same stock rows, as in a flash sale.
+pub const SKUS_DEFAULT: usize = PRICES_MINOR.len();
 /// Unit price of the variant that makes an order's authorization be declined.
 pub const DECLINE_PRICE_MINOR: i64 = 1_013;
 /// Unit price of the variant that makes an order's capture fail.
@@ -104,7 +108,7 @@ impl Payment {
 /// Which variant a line orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
-    /// An ordinary variant, by its index in [`PRICES_MINOR`].
+    /// An ordinary variant, by its index in the run's catalog.
     Ordinary(usize),
     Decline,
     CaptureFailure,
@@ -113,7 +117,7 @@ pub enum Item {
 impl Item {
     pub fn price_minor(self) -> i64 {
         match self {
-            Item::Ordinary(i) => PRICES_MINOR[i],
+            Item::Ordinary(i) => PRICES_MINOR[i % PRICES_MINOR.len()],
             Item::Decline => DECLINE_PRICE_MINOR,
             Item::CaptureFailure => CAPTURE_FAILURE_PRICE_MINOR,
         }
@@ -146,11 +150,22 @@ impl OrderPlan {
 pub struct Mix {
     shares: Shares,
     seed: u64,
+    skus: usize,
 }
 
 impl Mix {
     pub fn new(shares: Shares, seed: u64) -> Self {
-        Self { shares, seed }
+        Self {
+            shares,
+            seed,
+            skus: SKUS_DEFAULT,
+        }
+    }
+
+    /// Spreads orders over `skus` ordinary variants (at least 1) instead of [`SKUS_DEFAULT`].
+    pub fn over_skus(self, skus: usize) -> Self {
+        assert!(skus >= 1, "a catalog has at least one SKU");
+        Self { skus, ..self }
     }
 
     /// The plan of order `index`: a function of the seed and the index only.
@@ -175,11 +190,12 @@ impl Mix {
         } else {
             Payment::Approve
         };
-        let count = rng.next_in(1, LINES_PER_ORDER_MAX) as usize;
-        let first = rng.next_in(0, PRICES_MINOR.len() as u64 - 1) as usize;
+        let skus = self.skus as u64;
+        let count = rng.next_in(1, LINES_PER_ORDER_MAX.min(skus)) as usize;
+        let first = rng.next_in(0, skus - 1) as usize;
         let mut lines: Vec<(Item, u64)> = (0..count)
             .map(|k| {
-                let item = Item::Ordinary((first + k) % PRICES_MINOR.len());
+                let item = Item::Ordinary((first + k) % self.skus);
                 (item, rng.next_in(1, QUANTITY_PER_LINE_MAX))
             })
             .collect();
@@ -218,11 +234,10 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(run_tag: &str) -> Self {
+    /// The catalog of run `run_tag` with `skus` ordinary variants.
+    pub fn new(run_tag: &str, skus: usize) -> Self {
         Self {
-            ordinary: (0..PRICES_MINOR.len())
-                .map(|i| format!("bench-{run_tag}-{i}"))
-                .collect(),
+            ordinary: (0..skus).map(|i| format!("bench-{run_tag}-{i}")).collect(),
             decline: format!("bench-{run_tag}-decline"),
             capture_failure: format!("bench-{run_tag}-capture-failure"),
         }
@@ -238,8 +253,8 @@ impl Catalog {
 
     /// Every SKU with its unit price.
     pub fn priced(&self) -> Vec<(&str, i64)> {
-        let mut priced: Vec<(&str, i64)> = (0..PRICES_MINOR.len())
-            .map(|i| (self.sku(Item::Ordinary(i)), PRICES_MINOR[i]))
+        let mut priced: Vec<(&str, i64)> = (0..self.ordinary.len())
+            .map(|i| (self.sku(Item::Ordinary(i)), Item::Ordinary(i).price_minor()))
             .collect();
         priced.push((&self.decline, DECLINE_PRICE_MINOR));
         priced.push((&self.capture_failure, CAPTURE_FAILURE_PRICE_MINOR));
@@ -342,8 +357,33 @@ mod tests {
     }
 
     #[test]
+    fn orders_spread_over_the_skus_asked_for_and_name_each_once() {
+        for skus in [1, 2, 50] {
+            let mix = Mix::new(Shares::default(), 3).over_skus(skus);
+            let mut used = std::collections::BTreeSet::new();
+            for index in 0..2_000 {
+                let plan = mix.plan(index);
+                let mut named = std::collections::BTreeSet::new();
+                for (item, _) in &plan.lines {
+                    let Item::Ordinary(i) = item else {
+                        panic!("only ordinary lines without failure shares");
+                    };
+                    assert!(*i < skus, "SKU {i} of {skus}");
+                    assert!(named.insert(*i), "SKU {i} named twice");
+                    used.insert(*i);
+                }
+                assert_eq!(plan.total_minor() % 100, 0);
+            }
+            assert_eq!(used.len(), skus, "every SKU is ordered");
+        }
+        let catalog = Catalog::new("t1", 50);
+        assert_eq!(catalog.priced().len(), 52);
+        assert_eq!(catalog.priced()[5], ("bench-t1-5", PRICES_MINOR[1]));
+    }
+
+    #[test]
     fn an_order_body_names_each_sku_once() {
-        let catalog = Catalog::new("t1");
+        let catalog = Catalog::new("t1", SKUS_DEFAULT);
         let plan = OrderPlan {
             intake: Intake::Single,
             payment: Payment::Decline,

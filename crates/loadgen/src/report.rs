@@ -38,6 +38,8 @@ pub struct RunInfo {
     pub rate_per_s: Option<f64>,
     pub concurrency: u32,
     pub seed: u64,
+    /// How many SKUs orders were spread over.
+    pub skus: usize,
     pub warmup_s: f64,
     /// From the end of the warm-up to the last counted answer: the throughput window.
     pub measured_s: f64,
@@ -271,6 +273,7 @@ impl Report {
                 rate_per_s,
                 concurrency: settings.concurrency,
                 seed: settings.seed,
+                skus: settings.skus,
                 warmup_s: warmup.as_secs_f64(),
                 measured_s: measured.as_secs_f64(),
                 retry_share: settings.shares.retry,

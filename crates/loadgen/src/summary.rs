@@ -59,8 +59,8 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "tally bench {}: {pacing}, concurrency {}, seed {}, against {}",
-            run.run_tag, run.concurrency, run.seed, run.url
+            "tally bench {}: {pacing}, concurrency {}, seed {}, {} SKUs, against {}",
+            run.run_tag, run.concurrency, run.seed, run.skus, run.url
         )?;
         writeln!(
             f,

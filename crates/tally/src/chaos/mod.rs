@@ -225,6 +225,8 @@ impl ChaosArgs {
             capture_failure_share: CAPTURE_FAILURE_SHARE,
             transient_retries: TRANSIENT_RETRIES,
             seed: self.seed,
+            // Few SKUs, so that concurrent reservations contend for the same stock rows.
+            skus: tally_loadgen::mix::SKUS_DEFAULT,
             settle_timeout: self.settle_timeout,
             settle_sample: 0.0,
             settle_concurrency: SETTLE_CONCURRENCY,
