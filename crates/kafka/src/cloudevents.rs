@@ -140,6 +140,7 @@ pub fn decode(
 mod tests {
     use super::*;
     use serde_json::json;
+    use tally_store::EventData;
 
     fn event() -> LogEvent {
         LogEvent {
@@ -152,7 +153,10 @@ mod tests {
             partition_key: "order-1".to_owned(),
             partition: partition_of("order-1", 8),
             time: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap_or_default(),
-            data: (&json!({"total": {"minor": 1999, "currency": "USD"}})).into(),
+            data: EventData::from_json(
+                json!({"total": {"minor": 1999, "currency": "USD"}}).to_string(),
+            )
+            .expect("JSON"),
             correlation_id: Some("req-1".to_owned()),
             causation_id: None,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 
-use crate::mix::Shares;
+use crate::mix::{Mix, Shares};
 use crate::retry::TRANSIENT_RETRIES_MAX;
 use crate::schedule::{Pacing, Schedule, Stop};
 
@@ -152,6 +152,13 @@ pub struct Settings {
     pub settle_timeout: Duration,
     pub settle_concurrency: u32,
     pub transient_retries: u32,
+}
+
+impl Settings {
+    /// The run's order mix: its shares and seed, over its catalog's SKUs.
+    pub fn mix(&self) -> Mix {
+        Mix::new(self.shares, self.seed).over_skus(self.skus)
+    }
 }
 
 fn share(name: &str, value: f64) -> anyhow::Result<f64> {

@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use serde_json::json;
+use tally_domain::catalog::VARIANTS_COUNT_MAX;
 use uuid::Uuid;
 
 use crate::mix::Catalog;
@@ -21,8 +22,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Units of stock put on every SKU: enough for an hour at 10,000 orders a second of up to
 /// three units a line, and below the API's largest single adjustment.
 pub const STOCK_UNITS_PER_SKU: i64 = 100_000_000;
-/// The API's limit of variants per product: a larger catalog is set up as several products.
-const PRODUCT_VARIANTS_MAX: usize = 100;
 /// Where the run's stock is held.
 pub const STOCK_LOCATION: &str = "bench";
 
@@ -221,7 +220,7 @@ impl Api {
             .into_iter()
             .map(|(sku, price)| json!({"sku": sku, "prices": {"USD": price}}))
             .collect();
-        for (n, variants) in variants.chunks(PRODUCT_VARIANTS_MAX).enumerate() {
+        for (n, variants) in variants.chunks(VARIANTS_COUNT_MAX).enumerate() {
             let product =
                 json!({"name": format!("tally bench {run_tag} {n}"), "variants": variants});
             self.set_up(

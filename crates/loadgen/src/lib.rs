@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use crate::args::{BenchArgs, Rate};
 use crate::client::Api;
-use crate::mix::{DUPLICATE_COPIES_MAX, Mix};
+use crate::mix::DUPLICATE_COPIES_MAX;
 use crate::report::Inputs;
 pub use crate::report::Report;
 use crate::send::{Run, RunClock};
@@ -104,7 +104,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let run = Arc::new(Run {
         api: api.clone(),
         catalog,
-        mix: Mix::new(settings.shares, settings.seed).over_skus(settings.skus),
+        mix: settings.mix(),
         schedule: settings.schedule.clone(),
         recorder: Arc::clone(&recorder),
         run_tag: run_tag.clone(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tally_loadgen::mix::{Intake, Mix, Payment};
+use tally_loadgen::mix::{Intake, Payment};
 use tally_loadgen::{BenchArgs, Report, run};
 use tally_testkit::{Engine, TestApp, spawn_app};
 
@@ -57,7 +57,7 @@ async fn three_hundred_orders_settle_without_a_mismatch() {
         ],
     );
     let settings = args.settings().expect("settings");
-    let mix = Mix::new(settings.shares, settings.seed);
+    let mix = settings.mix();
     let plans: Vec<_> = (0..300).map(|i| mix.plan(i)).collect();
     let retries = plans.iter().filter(|p| p.intake == Intake::Retry).count() as u64;
     let copies_extra: u64 = plans
@@ -143,5 +143,24 @@ async fn warm_up_orders_settle_but_do_not_count() {
     assert_eq!(report.settle.settled, intake.accepted);
     assert_eq!(report.settle.e2e_ms.count, 40);
     assert_eq!(report.settle.unsettled, 0);
+    app.stop().await;
+}
+
+/// Proves that a catalog larger than one product may hold is set up as several products, and
+/// that orders spread over it all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_of_many_products_takes_orders_on_every_one() {
+    let app = spawn_app(Engine::Sqlite).await;
+    let args = bench_args(
+        &app,
+        &["--orders", "60", "--skus", "150", "--concurrency", "4"],
+    );
+    let report: Report = run(&args).await.expect("the run");
+    println!("{report}");
+
+    assert_eq!(report.run.skus, 150);
+    assert_eq!(report.errors.total, 0, "{:#?}", report.errors);
+    assert_eq!(report.settle.settled, 60);
+    assert_eq!(report.settle.by_status.get("completed"), Some(&60));
     app.stop().await;
 }

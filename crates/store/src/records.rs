@@ -151,9 +151,10 @@ pub struct NewEvent {
     pub traceparent: Option<String>,
 }
 
-/// An event's data as the JSON text the log holds. Nothing that reads the log on the way to an
-/// effect looks inside it (consumers route on the envelope, the relay forwards the text), so it
-/// is checked to be JSON but never parsed into a tree unless someone asks for its fields.
+/// An event's data as the JSON text the log holds (on PostgreSQL, `jsonb` as the server writes
+/// it). Nothing that reads the log on the way to an effect looks inside it (consumers route on
+/// the envelope, the relay forwards the text), so it is checked to be JSON but never parsed
+/// into a tree unless someone asks for its fields.
 #[derive(Debug, Clone)]
 pub struct EventData(Box<serde_json::value::RawValue>);
 
@@ -180,23 +181,10 @@ impl From<Box<serde_json::value::RawValue>> for EventData {
     }
 }
 
-impl From<&serde_json::Value> for EventData {
-    fn from(value: &serde_json::Value) -> Self {
-        // A JSON value always serializes, and what it serializes to is JSON.
-        Self(serde_json::value::to_raw_value(value).unwrap_or_default())
-    }
-}
-
 /// The same text; two spellings of one value differ (the log keeps what it was given).
 impl PartialEq for EventData {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
-    }
-}
-
-impl Serialize for EventData {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
     }
 }
 
