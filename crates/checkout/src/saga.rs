@@ -169,44 +169,33 @@ async fn current_status(
 
 /// Reserves every line's stock, or cancels the order when some line is out of stock.
 ///
-/// The reservation is planned on the stock as last committed, and the order's rows are
-/// written before the stock rows are locked, last: on PostgreSQL a busy SKU's row then stays
-/// locked only for its own update and the commit, not for the whole step, which is what
-/// limits how many orders for one SKU can be reserved per second. Should other orders have
-/// taken the units meanwhile, or the plan be to cancel, the step is decided again on rows
-/// locked first, as every reservation was before.
+/// The reservation is planned on the order and the stock as last committed, read without a
+/// lock, and stored as a prepared effect whose stock moves come last (on PostgreSQL in one
+/// round trip, on SQLite as one of many effects in a single hold of the writer): a busy SKU's
+/// row then stays locked only for its own update and the commit, not for the whole step, which
+/// is what limits how many orders for one SKU can be reserved per second. Should the order have
+/// changed or other orders have taken the units meanwhile, or the plan be to cancel, the step
+/// is decided again on rows locked first.
 async fn reserve(event: &LogEvent, order: OrderId, delivery: &Delivery) -> Result<(), EffectError> {
-    let Some((mut tx, mut state)) = open(delivery, event, order).await? else {
-        return Ok(());
-    };
-    if status_of(&state)? != OrderStatus::Placed || state.saga.cancel_requested {
-        return delivery.finish(tx).await;
+    let mut state = current_status(delivery, event, order).await?;
+    if status_of(&state)? == OrderStatus::Placed && !state.saga.cancel_requested {
+        let lines = order_lines(&state);
+        let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
+        let seen = delivery.store().read_stock(event.tenant_id, &skus).await?;
+        // A cancellation is for good: it is decided on locked rows only.
+        if let Ok(reservations) = choose_reservations(&lines, &by_location(&seen)) {
+            let now = delivery.clock().now();
+            let mut step = Step::new(event, order, &state, now);
+            let moves =
+                tally_store::stock::movements(order, &reservations, MovementKind::Reserved, now);
+            hold(&mut step, &mut state, reservations);
+            let mut change = step.prepare(&state, delivery.store().log_partitions());
+            change.stock = moves;
+            if delivery.write(change).await? {
+                return Ok(());
+            }
+        }
     }
-    let lines = order_lines(&state);
-    let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
-    let seen = tx.read_stock(event.tenant_id, &skus).await?;
-    let Ok(reservations) = choose_reservations(&lines, &by_location(&seen)) else {
-        // A cancellation is for good: decide it on locked rows.
-        return reserve_locked(event, order, delivery, tx, state).await;
-    };
-    let now = delivery.clock().now();
-    let mut step = Step::new(event, order, &state, now);
-    hold(&mut step, &mut state, reservations);
-    step.prepare(&state, delivery.store().log_partitions())
-        .write(tx.as_mut())
-        .await?;
-    let reserved = tally_store::stock::reserve_if_available(
-        tx.as_mut(),
-        event.tenant_id,
-        order,
-        &state.saga.reservations,
-        now,
-    )
-    .await?;
-    if reserved {
-        return delivery.finish(tx).await;
-    }
-    tx.rollback().await?;
     let Some((tx, state)) = open(delivery, event, order).await? else {
         return Ok(());
     };

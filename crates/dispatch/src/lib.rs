@@ -204,9 +204,10 @@ impl Delivery {
     }
 
     /// Stores an effect whose rows are all made, with the event's inbox row, in a transaction
-    /// of its own: on SQLite one of many run in a single hold of the writer. `Ok(false)` when
-    /// the order changed since `change` was made from it, and nothing was stored: the effect
-    /// must be made again from the order as it is now.
+    /// of its own: on SQLite one of many run in a single hold of the writer, on PostgreSQL one
+    /// round trip. `Ok(false)` when the order changed since `change` was made from it, or a
+    /// reservation in it no longer fits its stock row, and nothing was stored: the effect must
+    /// be made again from the order and stock as they are now.
     pub async fn write(&self, change: OrderChange) -> Result<bool, EffectError> {
         let settles = match &self.origin {
             Origin::Partition => None,
@@ -226,7 +227,7 @@ impl Delivery {
                 Ok(true)
             }
             EffectOutcome::AlreadyApplied => Ok(true),
-            EffectOutcome::OrderChanged => Ok(false),
+            EffectOutcome::OrderChanged | EffectOutcome::StockTaken => Ok(false),
         }
     }
 

@@ -241,10 +241,8 @@ impl Commands {
             .into_iter()
             .map(|draft| self.envelope(ctx, draft, now))
             .collect();
-        tx.append_events(&events).await?;
         let response = (ctx.render)(&outcome, &events);
-        tx.insert_audit(&audit_record(ctx, &outcome, &response, now))
-            .await?;
+        let audit = audit_record(ctx, &outcome, &response, now);
         let retention = chrono::Duration::from_std(self.retention)
             .unwrap_or_else(|_| chrono::Duration::days(365));
         let record = NewIdempotencyRecord {
@@ -254,7 +252,8 @@ impl Commands {
             created_at: now,
             expires_at: now + retention,
         };
-        tx.insert_idempotency_record(ctx.tenant, &record).await?;
+        tx.record_command(&events, &audit, ctx.tenant, &record)
+            .await?;
         Ok(Step::Commit {
             response,
             appended: !events.is_empty(),

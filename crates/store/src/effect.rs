@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId, TenantId};
 
-use crate::records::{DeadLetterRecord, NewAuditRecord, NewEvent, NewJournalEntry, StockMovement};
+use crate::records::{
+    DeadLetterRecord, MovementKind, NewAuditRecord, NewEvent, NewJournalEntry, StockMovement,
+};
 use crate::{StoreError, Tx};
 
 /// A change to one order, with everything it writes beside the order: its ledger entries,
@@ -25,8 +27,11 @@ pub struct OrderChange {
     pub journal: Vec<NewJournalEntry>,
     pub audit: NewAuditRecord,
     pub events: Vec<NewEvent>,
-    /// Moves of the order's own hold on stock (from [`crate::stock::movements`]), written last,
-    /// so that a busy SKU's row stays locked for its own update and the commit only.
+    /// Moves of stock for the order (from [`crate::stock::movements`]), written last, so that a
+    /// busy SKU's row stays locked for its own update and the commit only. A move of the order's
+    /// own hold (releasing, shipping, returning) that its row refuses means the store is
+    /// inconsistent; a reservation, planned on stock read without a lock, that its row refuses
+    /// means other orders took the units since: [`EffectOutcome::StockTaken`].
     pub stock: Vec<StockMovement>,
 }
 
@@ -34,6 +39,15 @@ impl OrderChange {
     /// Writes the change in `tx`, whose caller has checked the order (or locked it and made
     /// the change from what it found).
     pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
+        match self.write_refusable(tx).await? {
+            None => Ok(()),
+            Some(movement) => Err(crate::stock::refused(movement)),
+        }
+    }
+
+    /// Writes the change in `tx` up to a stock move its row refuses, which it returns; the
+    /// caller must then roll back.
+    async fn write_refusable(&self, tx: &mut dyn Tx) -> Result<Option<&StockMovement>, StoreError> {
         tx.update_order(self.tenant, self.order, &self.status, &self.saga, self.at)
             .await?;
         for entry in &self.journal {
@@ -41,7 +55,16 @@ impl OrderChange {
         }
         tx.insert_audit(&self.audit).await?;
         tx.append_events(&self.events).await?;
-        crate::stock::move_all(tx, self.tenant, &self.stock).await
+        crate::stock::shift(tx, self.tenant, &self.stock).await
+    }
+}
+
+/// What a refused stock move of an effect means: other orders took the units of a
+/// reservation (`Ok`), or the store is inconsistent (`Err`).
+pub(crate) fn refusal(movement: &StockMovement) -> Result<EffectOutcome, StoreError> {
+    match movement.kind {
+        MovementKind::Reserved => Ok(EffectOutcome::StockTaken),
+        _ => Err(crate::stock::refused(movement)),
     }
 }
 
@@ -89,6 +112,10 @@ pub enum EffectOutcome {
     /// The order is no longer as the effect expected: nothing was stored, and the effect must
     /// be made again from the order as it is now.
     OrderChanged,
+    /// A reservation no longer fits its stock row: other orders took the units since the
+    /// reservation was planned. Nothing was stored, and the step must be decided again on the
+    /// stock as it is now.
+    StockTaken,
 }
 
 /// What a retried dead letter becomes once its event's effect is stored or found applied.
@@ -120,8 +147,11 @@ pub(crate) async fn write_in(
     {
         tx.rollback().await?;
         return Ok(EffectOutcome::OrderChanged);
+    } else if let Some(movement) = change.write_refusable(tx.as_mut()).await? {
+        let outcome = refusal(movement)?;
+        tx.rollback().await?;
+        return Ok(outcome);
     } else {
-        change.write(tx.as_mut()).await?;
         EffectOutcome::Written
     };
     match &effect.settles {

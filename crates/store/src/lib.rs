@@ -208,6 +208,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tenant: TenantId,
         sku: &str,
     ) -> Result<Option<Vec<StockRecord>>, StoreError>;
+    /// The stock rows of `skus` as last committed, by SKU and location, read without a lock.
+    async fn read_stock(
+        &self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError>;
     async fn order(&self, tenant: TenantId, id: OrderId)
     -> Result<Option<OrderRecord>, StoreError>;
     /// Every event about `subject`, oldest first, whether or not the relay has logged it yet.

@@ -81,23 +81,8 @@ pub fn movements(
         .collect()
 }
 
-/// Reserves every reservation if each still fits its row, and returns whether it did. On
-/// `false`, other orders took the units since the plan was made, and the caller must roll back
-/// (the reservations before the one that did not fit were written). Called last in its
-/// transaction, so that a busy SKU's row stays locked for its own update and the commit only.
-pub async fn reserve_if_available(
-    tx: &mut dyn Tx,
-    tenant: TenantId,
-    order: OrderId,
-    reservations: &[Reservation],
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let movements = movements(order, reservations, MovementKind::Reserved, now);
-    Ok(shift(tx, tenant, &movements).await?.is_none())
-}
-
 /// Applies `movements` in their order; stops at the first whose row refused it and returns it.
-async fn shift<'a>(
+pub(crate) async fn shift<'a>(
     tx: &mut dyn Tx,
     tenant: TenantId,
     movements: &'a [StockMovement],

@@ -86,6 +86,20 @@ pub trait Tx: Send {
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError>;
 
     /// Records that `group` applied `event`; `false` when it already had (a duplicate delivery).
+    /// Stores what every command writes beside its own rows: its events, its audit record and
+    /// the response under its idempotency key (on PostgreSQL in one round trip).
+    async fn record_command(
+        &mut self,
+        events: &[NewEvent],
+        audit: &NewAuditRecord,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError> {
+        self.append_events(events).await?;
+        self.insert_audit(audit).await?;
+        self.insert_idempotency_record(tenant, record).await
+    }
+
     async fn insert_inbox(
         &mut self,
         group: &str,

@@ -105,7 +105,8 @@ pub async fn apply_shipment_update(
         match store.write_effect(effect).await? {
             EffectOutcome::Written => return Ok(WebhookOutcome::Applied),
             EffectOutcome::AlreadyApplied => return Ok(WebhookOutcome::AlreadyApplied),
-            EffectOutcome::OrderChanged => {}
+            // A webhook moves no reservation; either way it is applied on the order locked.
+            EffectOutcome::OrderChanged | EffectOutcome::StockTaken => {}
         }
     }
     webhook.apply_locked(store).await

@@ -36,6 +36,7 @@ tally_testkit::engine_tests!(
     a_step_sees_whether_its_order_changed,
     a_planned_reservation_is_written_only_if_it_still_fits,
     racing_copies_of_a_prepared_effect_apply_once,
+    a_prepared_effect_whose_stock_row_refuses_stores_nothing,
     a_returned_order_is_restocked_and_refunded_once,
     ledger_and_audit_tell_a_completed_orders_story,
     dead_letters_are_listed_by_status,
@@ -717,6 +718,66 @@ async fn racing_copies_of_a_prepared_effect_apply_once(engine: Engine) {
     app.stop().await;
 }
 
+/// A prepared effect that moves more of the order's hold than its stock row has (shipping a
+/// unit of a completed order, whose hold was shipped already) fails naming the row, and
+/// stores nothing: no inbox row, no audit record, no event, no change to stock.
+async fn a_prepared_effect_whose_stock_row_refuses_stores_nothing(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let (id, order, read) = stored_completed_order(&app).await;
+    let stock_before = app
+        .store()
+        .stock_levels(app.tenant, TEE)
+        .await
+        .expect("stock")
+        .expect("the SKU exists");
+    let event = EventId::generate();
+    let mut effect = test_effect(&app, order, event, (&read.status, &read.saga));
+    effect.change.stock = tally_store::stock::movements(
+        order,
+        &[Reservation {
+            sku: TEE.to_owned(),
+            location: "wh-east".to_owned(),
+            quantity: 1,
+        }],
+        tally_store::MovementKind::Shipped,
+        Utc::now(),
+    );
+    let error = app
+        .store()
+        .write_effect(effect)
+        .await
+        .expect_err("the row has nothing reserved to ship");
+    let message = error.to_string();
+    assert!(
+        matches!(error, tally_store::StoreError::Corrupt(_)) && message.contains("TEE@wh-east"),
+        "{message}"
+    );
+    assert!(
+        !app.store()
+            .inbox_contains("effect-test", event)
+            .await
+            .expect("inbox"),
+        "a failed effect leaves no inbox row"
+    );
+    let audited = app
+        .store()
+        .audit_of(app.tenant, "order", &id)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|row| row.body["action"] == "effect_test")
+        .count();
+    assert_eq!(audited, 0, "a failed effect leaves no audit record");
+    let stock_after = app
+        .store()
+        .stock_levels(app.tenant, TEE)
+        .await
+        .expect("stock")
+        .expect("the SKU exists");
+    assert_eq!(stock_after, stock_before);
+    app.stop().await;
+}
+
 /// Cancellation refuses what it cannot do, each with its problem: a completed order (409
 /// `not-cancellable`, and it stays completed), an unknown or malformed order id (404), no
 /// Idempotency-Key (400), a body with unknown fields (422) and a key without the orders scope
@@ -1019,40 +1080,57 @@ async fn dead_letters_are_discarded_once(engine: Engine) {
     app.stop().await;
 }
 
-/// A reservation planned on stock as read is checked on the rows as locked: while the unit is
-/// there it is reserved, with its movement; once another order took it, nothing is written and
-/// the caller is told to plan again.
+/// A reservation planned on stock as read is checked on its row as the effect that holds it
+/// is stored: while the unit is there it is reserved, with its movement; once another order
+/// took it, the effect stores nothing (no inbox row, no audit record, no movement) and the
+/// step is told to decide again.
 async fn a_planned_reservation_is_written_only_if_it_still_fits(engine: Engine) {
     let app = spawn_app(engine).await;
+    let (id, order, read) = stored_completed_order(&app).await;
     app.create_product("Cap", &[("CAP", 1_500)]).await;
     assert_eq!(app.adjust("cap-stock", "CAP", "wh", 1).await.status(), 200);
-    let reservation = Reservation {
-        sku: "CAP".to_owned(),
-        location: "wh".to_owned(),
-        quantity: 1,
-    };
-    let reserve = || async {
-        let mut tx = app.store().begin().await.expect("a transaction");
-        let reserved = tally_store::stock::reserve_if_available(
-            tx.as_mut(),
-            app.tenant,
-            OrderId::generate(),
-            std::slice::from_ref(&reservation),
+    let reserving = |event| {
+        let mut effect = test_effect(&app, order, event, (&read.status, &read.saga));
+        effect.change.stock = tally_store::stock::movements(
+            order,
+            &[Reservation {
+                sku: "CAP".to_owned(),
+                location: "wh".to_owned(),
+                quantity: 1,
+            }],
+            tally_store::MovementKind::Reserved,
             Utc::now(),
-        )
-        .await
-        .expect("reserve");
-        tx.commit().await.expect("commit");
-        reserved
+        );
+        effect
     };
-    assert!(reserve().await, "the one unit is reserved");
-    assert!(!reserve().await, "no unit is left for a second reservation");
-    let mut tx = app.store().begin().await.expect("a transaction");
-    let rows = tx
+    let store = app.store();
+    let (first, second) = (EventId::generate(), EventId::generate());
+    let written = store.write_effect(reserving(first)).await.expect("write");
+    assert_eq!(written, EffectOutcome::Written, "the one unit");
+    let taken = store.write_effect(reserving(second)).await.expect("write");
+    assert_eq!(
+        taken,
+        EffectOutcome::StockTaken,
+        "no unit is left for a second reservation"
+    );
+    for (event, applied) in [(first, true), (second, false)] {
+        let found = store.inbox_contains("effect-test", event).await;
+        assert_eq!(found.expect("inbox"), applied, "{event}");
+    }
+    let audited = app
+        .store()
+        .audit_of(app.tenant, "order", &id)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|row| row.body["action"] == "effect_test")
+        .count();
+    assert_eq!(audited, 1, "the written effect's audit record only");
+    let rows = app
+        .store()
         .read_stock(app.tenant, &["CAP".to_owned()])
         .await
         .expect("stock");
-    tx.rollback().await.expect("rollback");
     assert_eq!(rows.len(), 1);
     assert_eq!(
         (rows[0].level.on_hand, rows[0].level.reserved),

@@ -11,6 +11,8 @@
 //!    strictly increasing order: a reader that has seen position P will never later find an
 //!    event below P. An event that commits late simply gets a later position.
 
+mod columns;
+mod effect;
 mod lease;
 mod store;
 mod tx;

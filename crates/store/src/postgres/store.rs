@@ -11,6 +11,7 @@ use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
 use super::PgStore;
+use crate::effect::{EffectOutcome, PreparedEffect};
 use crate::records::*;
 use crate::{Engine, Store, StoreError, Tx, corrupt};
 
@@ -23,6 +24,14 @@ impl Store for PgStore {
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let tx = self.pool.begin().await?;
         Ok(Box::new(super::tx::PgTx::new(tx)))
+    }
+
+    async fn write_effect(&self, effect: PreparedEffect) -> Result<EffectOutcome, StoreError> {
+        match effect.settles {
+            // A retried dead letter is rare: its settling goes through the generic path.
+            Some(_) => crate::effect::write_in(self.begin().await?, &effect).await,
+            None => super::effect::write(&self.pool, &effect.once, &effect.change).await,
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -170,6 +179,14 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()
             .map(Some)
+    }
+
+    async fn read_stock(
+        &self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        super::tx::read_stock(&self.pool, tenant, skus).await
     }
 
     async fn order(

@@ -177,6 +177,14 @@ impl Store for SqliteStore {
             .map(Some)
     }
 
+    async fn read_stock(
+        &self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        super::tx::read_stock(&*self.reader()?, tenant, skus)
+    }
+
     async fn order(
         &self,
         tenant: TenantId,

@@ -264,7 +264,7 @@ pub(super) fn write_effect(
         for movement in &change.stock {
             let delta = crate::stock::delta(movement.kind, movement.quantity);
             if !shift_stock(connection, change.tenant, delta, movement)? {
-                return Err(crate::stock::refused(movement));
+                return Ok((false, crate::effect::refusal(movement)?));
             }
         }
         EffectOutcome::Written
@@ -274,6 +274,34 @@ pub(super) fn write_effect(
         return Ok((true, outcome));
     }
     Ok((outcome == EffectOutcome::Written, outcome))
+}
+
+/// The stock rows of `skus`, by SKU and location.
+pub(super) fn read_stock(
+    connection: &Connection,
+    tenant: TenantId,
+    skus: &[String],
+) -> Result<Vec<LockedStock>, StoreError> {
+    let list = serde_json::Value::from(skus.to_vec()).to_string();
+    let rows = sql::query(
+        "SELECT sku, location, on_hand, reserved FROM stock_levels \
+         WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku, location",
+    )
+    .bind(tenant.as_uuid())
+    .bind(list)
+    .fetch_all(connection)?;
+    rows.iter()
+        .map(|row| {
+            Ok(LockedStock {
+                sku: row.try_get("sku")?,
+                location: row.try_get("location")?,
+                level: StockLevel {
+                    on_hand: row.try_get("on_hand")?,
+                    reserved: row.try_get("reserved")?,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Records a partner's webhook delivery; `false` when it was recorded before.
@@ -589,26 +617,7 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         skus: &[String],
     ) -> Result<Vec<LockedStock>, StoreError> {
-        let list = serde_json::Value::from(skus.to_vec()).to_string();
-        let rows = sql::query(
-            "SELECT sku, location, on_hand, reserved FROM stock_levels \
-             WHERE tenant_id = ? AND sku IN (SELECT value FROM json_each(?)) ORDER BY sku, location",
-        )
-        .bind(tenant.as_uuid())
-        .bind(list)
-        .fetch_all(self.tx.connection()?)?;
-        rows.iter()
-            .map(|row| {
-                Ok(LockedStock {
-                    sku: row.try_get("sku")?,
-                    location: row.try_get("location")?,
-                    level: StockLevel {
-                        on_hand: row.try_get("on_hand")?,
-                        reserved: row.try_get("reserved")?,
-                    },
-                })
-            })
-            .collect()
+        read_stock(self.tx.connection()?, tenant, skus)
     }
 
     async fn shift_stock(

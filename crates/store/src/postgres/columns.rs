@@ -1,0 +1,105 @@
+//! Rows bound as one array per column, for statements that insert many rows through `unnest`.
+
+use chrono::{DateTime, Utc};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
+use sqlx::query::{Query, QueryScalar};
+use uuid::Uuid;
+
+use crate::records::NewEvent;
+use crate::{StoreError, corrupt};
+
+/// The partition-key advisory locks a transaction appending `events` takes, in ascending order,
+/// so that two transactions appending under overlapping keys cannot deadlock on each other.
+pub(super) fn partition_lock_ids(events: &[NewEvent]) -> Vec<i32> {
+    let mut ids: Vec<i32> = events
+        .iter()
+        .map(|e| crate::log::key_lock_id(&e.partition_key))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The twelve columns of `events`, in the order every statement that appends them takes:
+/// id, tenant, type, source, subject, partition key, partition, time, data, correlation id,
+/// causation id, traceparent.
+pub(super) struct EventColumns {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    types: Vec<String>,
+    sources: Vec<String>,
+    subjects: Vec<String>,
+    keys: Vec<String>,
+    partitions: Vec<i32>,
+    times: Vec<DateTime<Utc>>,
+    data: Vec<String>,
+    correlations: Vec<Option<String>>,
+    causations: Vec<Option<String>>,
+    traceparents: Vec<Option<String>>,
+}
+
+impl EventColumns {
+    pub(super) fn of(events: &[NewEvent]) -> Result<Self, StoreError> {
+        let text = |f: fn(&NewEvent) -> &str| events.iter().map(|e| f(e).to_owned()).collect();
+        let optional =
+            |f: fn(&NewEvent) -> &Option<String>| events.iter().map(|e| f(e).clone()).collect();
+        Ok(Self {
+            ids: events.iter().map(|e| e.id.as_uuid()).collect(),
+            tenants: events.iter().map(|e| e.tenant_id.as_uuid()).collect(),
+            types: text(|e| e.event_type),
+            sources: text(|e| &e.source),
+            subjects: text(|e| &e.subject),
+            keys: text(|e| &e.partition_key),
+            partitions: events
+                .iter()
+                .map(|e| i32::try_from(e.partition).map_err(|e| corrupt("partition", e)))
+                .collect::<Result<_, _>>()?,
+            times: events.iter().map(|e| e.time).collect(),
+            data: events.iter().map(|e| e.data.to_string()).collect(),
+            correlations: optional(|e| &e.correlation_id),
+            causations: optional(|e| &e.causation_id),
+            traceparents: optional(|e| &e.traceparent),
+        })
+    }
+
+    /// Binds the columns as the next twelve parameters of `query`.
+    pub(super) fn bind<'q>(
+        self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.tenants)
+            .bind(self.types)
+            .bind(self.sources)
+            .bind(self.subjects)
+            .bind(self.keys)
+            .bind(self.partitions)
+            .bind(self.times)
+            .bind(self.data)
+            .bind(self.correlations)
+            .bind(self.causations)
+            .bind(self.traceparents)
+    }
+
+    /// [`EventColumns::bind`] for a query that returns one value.
+    pub(super) fn bind_scalar<'q, O>(
+        self,
+        query: QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> QueryScalar<'q, Postgres, O, PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.tenants)
+            .bind(self.types)
+            .bind(self.sources)
+            .bind(self.subjects)
+            .bind(self.keys)
+            .bind(self.partitions)
+            .bind(self.times)
+            .bind(self.data)
+            .bind(self.correlations)
+            .bind(self.causations)
+            .bind(self.traceparents)
+    }
+}
