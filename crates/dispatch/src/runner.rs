@@ -262,13 +262,9 @@ impl Dispatcher {
         if events.is_empty() {
             return Ok(());
         }
-        let group = self.handler.group();
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        for event in events {
-            tx.insert_inbox(group, event, now).await?;
-        }
-        tx.commit().await
+        self.store
+            .record_inbox(self.handler.group(), &events, self.clock.now())
+            .await
     }
 
     /// Applies one key's events of a batch in order.

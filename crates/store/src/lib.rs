@@ -176,6 +176,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         effect::write_in(self.begin().await?, &effect).await
     }
 
+    /// Records `events` as applied by `group`, in one transaction: the inbox rows of effects
+    /// that wrote nothing else. Rows already there stay as they are.
+    async fn record_inbox(
+        &self,
+        group: &str,
+        events: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for event in events {
+            tx.insert_inbox(group, *event, now).await?;
+        }
+        tx.commit().await
+    }
+
     /// Checks that the database answers; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -34,6 +34,25 @@ impl Store for PgStore {
         }
     }
 
+    async fn record_inbox(
+        &self,
+        group: &str,
+        events: &[EventId],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        // One statement, which is its own transaction, instead of a round trip per row.
+        sqlx::query(
+            "INSERT INTO inbox (group_name, event_id, applied_at) \
+             SELECT $1, event_id, $3 FROM unnest($2::uuid[]) AS e(event_id) ON CONFLICT DO NOTHING",
+        )
+        .bind(group)
+        .bind(events.iter().map(|e| e.as_uuid()).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -456,17 +475,18 @@ impl Store for PgStore {
             }
         }
         let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
-        for (seq, record) in &sealed {
-            sqlx::query(
-                "UPDATE audit_records SET sequence = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
-            )
-            .bind(record.sequence)
-            .bind(&record.prev_hash[..])
-            .bind(&record.hash[..])
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Every record of the batch in one statement, not one round trip each.
+        sqlx::query(
+            "UPDATE audit_records a SET sequence = s.sequence, prev_hash = s.prev_hash, hash = s.hash \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS s(seq, sequence, prev_hash, hash) \
+             WHERE a.seq = s.seq",
+        )
+        .bind(sealed.iter().map(|(seq, _)| *seq).collect::<Vec<i64>>())
+        .bind(sealed.iter().map(|(_, r)| r.sequence).collect::<Vec<i64>>())
+        .bind(sealed.iter().map(|(_, r)| r.prev_hash.to_vec()).collect::<Vec<_>>())
+        .bind(sealed.iter().map(|(_, r)| r.hash.to_vec()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         for (tenant, head) in &heads {
             sqlx::query(
                 "INSERT INTO audit_heads (tenant_id, sequence, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET sequence = excluded.sequence, hash = excluded.hash",

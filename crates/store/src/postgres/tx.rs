@@ -264,8 +264,8 @@ impl Tx for PgTx {
 
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+            "INSERT INTO orders (tenant_id, id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
         )
         .bind(tenant.as_uuid())
         .bind(order.id.as_uuid())
@@ -277,6 +277,10 @@ impl Tx for PgTx {
         .bind(order.status.as_str())
         .bind(Json(&order.lines))
         .bind(Json(&order.shipping_address))
+        // The saga as the steps write it, not the column's default `{}`: `write_effect` checks
+        // that the order is still as a step read it by comparing the stored `jsonb` with the
+        // saga the step expects, and `{}` is not equal to the default saga written out.
+        .bind(Json(Saga::default()))
         .bind(order.created_at)
         .execute(&mut *self.tx)
         .await?;
