@@ -85,7 +85,6 @@ pub trait Tx: Send {
     /// events enter the log in commit order.
     async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError>;
 
-    /// Records that `group` applied `event`; `false` when it already had (a duplicate delivery).
     /// Stores what every command writes beside its own rows: its events, its audit record and
     /// the response under its idempotency key (on PostgreSQL in one round trip).
     async fn record_command(
@@ -100,6 +99,7 @@ pub trait Tx: Send {
         self.insert_idempotency_record(tenant, record).await
     }
 
+    /// Records that `group` applied `event`; `false` when it already had (a duplicate delivery).
     async fn insert_inbox(
         &mut self,
         group: &str,

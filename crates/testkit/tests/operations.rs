@@ -662,6 +662,17 @@ fn test_effect(
     }
 }
 
+/// How many audit records of `test_effect`'s effects the order `id` has.
+async fn effect_test_audits(app: &TestApp, id: &str) -> usize {
+    app.store()
+        .audit_of(app.tenant, "order", id)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|row| row.body["action"] == "effect_test")
+        .count()
+}
+
 /// Copies of one prepared effect stored at once, as duplicate deliveries racing each other
 /// would: exactly one is written and the others find it applied, so its audit record exists
 /// once. An effect that expects the order in another status stores nothing, not even its
@@ -704,14 +715,7 @@ async fn racing_copies_of_a_prepared_effect_apply_once(engine: Engine) {
             .expect("inbox"),
         "a refused effect leaves no inbox row"
     );
-    let audited = app
-        .store()
-        .audit_of(app.tenant, "order", &id)
-        .await
-        .expect("audit")
-        .iter()
-        .filter(|row| row.body["action"] == "effect_test")
-        .count();
+    let audited = effect_test_audits(&app, &id).await;
     assert_eq!(audited, 1, "the effect's audit record, once");
     let after = order_of(&app, &id).await;
     assert_eq!(after["status"], "completed", "{after}");
@@ -759,14 +763,7 @@ async fn a_prepared_effect_whose_stock_row_refuses_stores_nothing(engine: Engine
             .expect("inbox"),
         "a failed effect leaves no inbox row"
     );
-    let audited = app
-        .store()
-        .audit_of(app.tenant, "order", &id)
-        .await
-        .expect("audit")
-        .iter()
-        .filter(|row| row.body["action"] == "effect_test")
-        .count();
+    let audited = effect_test_audits(&app, &id).await;
     assert_eq!(audited, 0, "a failed effect leaves no audit record");
     let stock_after = app
         .store()
@@ -1117,14 +1114,7 @@ async fn a_planned_reservation_is_written_only_if_it_still_fits(engine: Engine) 
         let found = store.inbox_contains("effect-test", event).await;
         assert_eq!(found.expect("inbox"), applied, "{event}");
     }
-    let audited = app
-        .store()
-        .audit_of(app.tenant, "order", &id)
-        .await
-        .expect("audit")
-        .iter()
-        .filter(|row| row.body["action"] == "effect_test")
-        .count();
+    let audited = effect_test_audits(&app, &id).await;
     assert_eq!(audited, 1, "the written effect's audit record only");
     let rows = app
         .store()

@@ -2,19 +2,15 @@
 -- single statements: on two cores the client's and the server's share of each round trip,
 -- not the work of the statements, is what bounds throughput.
 
--- What every command writes beside its own rows, in its transaction: the partition-key locks
--- (ascending), its events, its audit record and the response under its idempotency key (see
--- crates/store/src/command.rs and `Tx::record_command`).
-CREATE FUNCTION record_command(
+-- Appends events to the outbox under their partition keys' advisory locks, taken in ascending
+-- order before any event gets its `seq`, and held to the end of the transaction (see
+-- crates/store/src/postgres/mod.rs): the only way events enter the `events` table.
+CREATE FUNCTION append_events(
     p_lock_class int, p_lock_ids int[],
     p_event_ids uuid[], p_event_tenants uuid[], p_event_types text[], p_event_sources text[],
     p_event_subjects text[], p_event_keys text[], p_event_partitions int[],
     p_event_times timestamptz[], p_event_data text[], p_event_correlations text[],
-    p_event_causations text[], p_event_traceparents text[],
-    p_audit_tenant uuid, p_audit_id uuid, p_audit_at timestamptz, p_audit_body text,
-    p_audit_entity_type text, p_audit_entity_id text,
-    p_tenant uuid, p_key text, p_fingerprint bytea, p_status_code smallint, p_location text,
-    p_response_body bytea, p_created_at timestamptz, p_expires_at timestamptz
+    p_event_causations text[], p_event_traceparents text[]
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     IF cardinality(p_event_ids) > 0 THEN
@@ -30,6 +26,27 @@ BEGIN
                 AS e(id, tenant_id, type, source, subject, key, partition, time, data,
                      correlation_id, causation_id, traceparent);
     END IF;
+END $$;
+
+-- What every command writes beside its own rows, in its transaction: the partition-key locks
+-- (ascending), its events, its audit record and the response under its idempotency key (see
+-- crates/store/src/command.rs and `Tx::record_command`).
+CREATE FUNCTION record_command(
+    p_lock_class int, p_lock_ids int[],
+    p_event_ids uuid[], p_event_tenants uuid[], p_event_types text[], p_event_sources text[],
+    p_event_subjects text[], p_event_keys text[], p_event_partitions int[],
+    p_event_times timestamptz[], p_event_data text[], p_event_correlations text[],
+    p_event_causations text[], p_event_traceparents text[],
+    p_audit_tenant uuid, p_audit_id uuid, p_audit_at timestamptz, p_audit_body text,
+    p_audit_entity_type text, p_audit_entity_id text,
+    p_tenant uuid, p_key text, p_fingerprint bytea, p_status_code smallint, p_location text,
+    p_response_body bytea, p_created_at timestamptz, p_expires_at timestamptz
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM append_events(p_lock_class, p_lock_ids, p_event_ids, p_event_tenants, p_event_types,
+                          p_event_sources, p_event_subjects, p_event_keys, p_event_partitions,
+                          p_event_times, p_event_data, p_event_correlations, p_event_causations,
+                          p_event_traceparents);
     INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id)
         VALUES (p_audit_tenant, p_audit_id, p_audit_at, p_audit_body::jsonb, p_audit_entity_type,
                 p_audit_entity_id);
@@ -61,15 +78,15 @@ CREATE FUNCTION write_effect(
     p_posting_entries text[], p_posting_lines int[], p_posting_accounts text[],
     p_posting_currencies text[], p_posting_amounts bigint[],
     -- The audit record.
-    p_audit_id uuid, p_audit_at timestamptz, p_audit_body text, p_audit_entity_type text,
-    p_audit_entity_id text,
+    p_audit_tenant uuid, p_audit_id uuid, p_audit_at timestamptz, p_audit_body text,
+    p_audit_entity_type text, p_audit_entity_id text,
     -- The events, and the partition-key locks to take before appending them (ascending).
     p_lock_class int, p_lock_ids int[],
     p_event_ids uuid[], p_event_tenants uuid[], p_event_types text[], p_event_sources text[],
     p_event_subjects text[], p_event_keys text[], p_event_partitions int[],
     p_event_times timestamptz[], p_event_data text[], p_event_correlations text[],
     p_event_causations text[], p_event_traceparents text[],
-    -- Moves of the order's own hold on stock, in (SKU, location) order.
+    -- Moves of stock for the order, in (SKU, location) order.
     p_move_skus text[], p_move_locations text[], p_move_kinds text[], p_move_quantities bigint[],
     p_move_orders uuid[], p_move_times timestamptz[], p_move_on_hand bigint[],
     p_move_reserved bigint[]
@@ -118,22 +135,13 @@ BEGIN
                     p_entry_times) AS e(id, kind, pending_id, body, order_id, created_at);
 
     INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id)
-        VALUES (p_tenant, p_audit_id, p_audit_at, p_audit_body::jsonb, p_audit_entity_type,
+        VALUES (p_audit_tenant, p_audit_id, p_audit_at, p_audit_body::jsonb, p_audit_entity_type,
                 p_audit_entity_id);
 
-    IF cardinality(p_event_ids) > 0 THEN
-        PERFORM pg_advisory_xact_lock(p_lock_class, k) FROM unnest(p_lock_ids) AS k;
-        INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time,
-                            data, correlation_id, causation_id, traceparent)
-            SELECT id, tenant_id, type, source, subject, key, partition, time, data::jsonb,
-                   correlation_id, causation_id, traceparent
-            FROM unnest(p_event_ids, p_event_tenants, p_event_types, p_event_sources,
-                        p_event_subjects, p_event_keys, p_event_partitions, p_event_times,
-                        p_event_data, p_event_correlations, p_event_causations,
-                        p_event_traceparents)
-                AS e(id, tenant_id, type, source, subject, key, partition, time, data,
-                     correlation_id, causation_id, traceparent);
-    END IF;
+    PERFORM append_events(p_lock_class, p_lock_ids, p_event_ids, p_event_tenants, p_event_types,
+                          p_event_sources, p_event_subjects, p_event_keys, p_event_partitions,
+                          p_event_times, p_event_data, p_event_correlations, p_event_causations,
+                          p_event_traceparents);
 
     -- Stock last, row by row in the given order, so that a busy SKU's row stays locked for its
     -- own update and the commit only, and concurrent moves cannot deadlock.

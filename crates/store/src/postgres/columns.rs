@@ -1,12 +1,15 @@
-//! Rows bound as one array per column, for statements that insert many rows through `unnest`.
+//! Parameters bound the same way by every statement that takes them: events as one array per
+//! column (inserted through `unnest`), an audit record, an idempotency record.
 
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
-use sqlx::query::{Query, QueryScalar};
+use sqlx::query::Query;
 use uuid::Uuid;
 
-use crate::records::NewEvent;
+use tally_domain::ids::TenantId;
+
+use crate::records::{NewAuditRecord, NewEvent, NewIdempotencyRecord};
 use crate::{StoreError, corrupt};
 
 /// The partition-key advisory locks a transaction appending `events` takes, in ascending order,
@@ -82,24 +85,37 @@ impl EventColumns {
             .bind(self.causations)
             .bind(self.traceparents)
     }
+}
 
-    /// [`EventColumns::bind`] for a query that returns one value.
-    pub(super) fn bind_scalar<'q, O>(
-        self,
-        query: QueryScalar<'q, Postgres, O, PgArguments>,
-    ) -> QueryScalar<'q, Postgres, O, PgArguments> {
-        query
-            .bind(self.ids)
-            .bind(self.tenants)
-            .bind(self.types)
-            .bind(self.sources)
-            .bind(self.subjects)
-            .bind(self.keys)
-            .bind(self.partitions)
-            .bind(self.times)
-            .bind(self.data)
-            .bind(self.correlations)
-            .bind(self.causations)
-            .bind(self.traceparents)
-    }
+/// Binds an audit record as the next six parameters of `query`: tenant, id, time, body, entity
+/// type, entity id.
+pub(super) fn bind_audit<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    record: &'q NewAuditRecord,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(record.tenant_id.as_uuid())
+        .bind(record.id)
+        .bind(record.at)
+        .bind(record.body.as_str())
+        .bind(&record.entity_type)
+        .bind(&record.entity_id)
+}
+
+/// Binds an idempotency record as the next eight parameters of `query`: tenant, key,
+/// fingerprint, status code, location, response body, creation and expiry times.
+pub(super) fn bind_idempotency_record<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    tenant: TenantId,
+    record: &'q NewIdempotencyRecord<'_>,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(tenant.as_uuid())
+        .bind(record.key)
+        .bind(&record.fingerprint[..])
+        .bind(i16::try_from(record.response.status).unwrap_or(i16::MAX))
+        .bind(record.response.location.as_deref())
+        .bind(&record.response.body)
+        .bind(record.created_at)
+        .bind(record.expires_at)
 }

@@ -1,17 +1,17 @@
 //! A prepared effect stored in one round trip: a call of the `write_effect` function (migration
-//! `0003_write_effect.sql`), which runs the statements of [`crate::effect::write_in`] in the
+//! `0003_one_round_trip.sql`), which runs the statements of [`crate::effect::write_in`] in the
 //! server, in the call's own transaction. Through [`crate::Tx`] the same effect takes a dozen
 //! round trips (begin, the once row, the order's lock, the update, each journal entry, the
 //! audit record, the partition locks, the events, each stock row, commit), and on two cores the
 //! client's and the server's share of each round trip is what bounds PostgreSQL's throughput.
 
-use sqlx::PgPool;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::types::Json;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::LOCK_CLASS_PARTITION_KEY;
-use super::columns::{EventColumns, partition_lock_ids};
+use super::columns::{EventColumns, bind_audit, partition_lock_ids};
 use crate::effect::{EffectOutcome, Once, OrderChange};
 use crate::{StoreError, corrupt};
 
@@ -22,7 +22,7 @@ const STOCK_TAKEN: &str = "TL002";
 
 const CALL: &str = "SELECT write_effect($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
      $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, \
-     $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49)";
+     $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50)";
 
 /// Stores `change`, made once by `once`, in one call.
 pub(super) async fn write(
@@ -46,7 +46,7 @@ pub(super) async fn write(
         .iter()
         .map(|m| crate::stock::delta(m.kind, m.quantity))
         .collect();
-    let call = sqlx::query_scalar(CALL)
+    let call = sqlx::query(CALL)
         .bind(group)
         .bind(event)
         .bind(source)
@@ -91,16 +91,12 @@ pub(super) async fn write(
                 .map(|(_, p)| p.currency.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(postings().map(|(_, p)| p.amount_minor).collect::<Vec<_>>())
-        .bind(change.audit.id)
-        .bind(change.audit.at)
-        .bind(change.audit.body.as_str())
-        .bind(&change.audit.entity_type)
-        .bind(&change.audit.entity_id)
+        .bind(postings().map(|(_, p)| p.amount_minor).collect::<Vec<_>>());
+    let call = bind_audit(call, &change.audit)
         .bind(LOCK_CLASS_PARTITION_KEY)
         .bind(partition_lock_ids(events));
-    let outcome: Result<String, sqlx::Error> = EventColumns::of(events)?
-        .bind_scalar(call)
+    let outcome = EventColumns::of(events)?
+        .bind(call)
         .bind(stock.iter().map(|m| m.sku.as_str()).collect::<Vec<_>>())
         .bind(
             stock
@@ -120,7 +116,8 @@ pub(super) async fn write(
         .bind(deltas.iter().map(|d| d.on_hand).collect::<Vec<_>>())
         .bind(deltas.iter().map(|d| d.reserved).collect::<Vec<_>>())
         .fetch_one(pool)
-        .await;
+        .await
+        .and_then(|row| row.try_get::<String, _>(0));
     match outcome {
         Ok(outcome) => match outcome.as_str() {
             "written" => Ok(EffectOutcome::Written),

@@ -13,7 +13,7 @@ use tally_domain::inventory::StockLevel;
 use tally_domain::order::Order;
 use tally_domain::text::Code;
 
-use super::columns::{EventColumns, partition_lock_ids};
+use super::columns::{EventColumns, bind_audit, bind_idempotency_record, partition_lock_ids};
 use super::{LOCK_CLASS_IDEMPOTENCY_KEY, LOCK_CLASS_PARTITION_KEY};
 use crate::log::key_lock_id;
 use tally_domain::checkout::Saga;
@@ -134,20 +134,13 @@ impl Tx for PgTx {
         tenant: TenantId,
         record: &NewIdempotencyRecord<'_>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO idempotency_records (tenant_id, key, fingerprint, status_code, location, response_body, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(tenant.as_uuid())
-        .bind(record.key)
-        .bind(&record.fingerprint[..])
-        .bind(i16::try_from(record.response.status).unwrap_or(i16::MAX))
-        .bind(record.response.location.as_deref())
-        .bind(&record.response.body)
-        .bind(record.created_at)
-        .bind(record.expires_at)
-        .execute(&mut *self.tx)
-        .await?;
+        );
+        bind_idempotency_record(insert, tenant, record)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
@@ -291,19 +284,15 @@ impl Tx for PgTx {
         if events.is_empty() {
             return Ok(());
         }
-        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
-            .bind(LOCK_CLASS_PARTITION_KEY)
-            .bind(partition_lock_ids(events))
-            .execute(&mut *self.tx)
-            .await?;
-        let insert = sqlx::query(
-            "INSERT INTO events (id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent) \
-             SELECT id, tenant_id, type, source, subject, partition_key, partition, time, data::jsonb, correlation_id, causation_id, traceparent \
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[]) \
-             AS e(id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent)",
-        );
+        // The partition-key locks and the insert in one round trip (see `append_events` in the
+        // migrations).
+        let call = sqlx::query(
+            "SELECT append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(LOCK_CLASS_PARTITION_KEY)
+        .bind(partition_lock_ids(events));
         EventColumns::of(events)?
-            .bind(insert)
+            .bind(call)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
@@ -323,22 +312,8 @@ impl Tx for PgTx {
         )
         .bind(LOCK_CLASS_PARTITION_KEY)
         .bind(partition_lock_ids(events));
-        EventColumns::of(events)?
-            .bind(call)
-            .bind(audit.tenant_id.as_uuid())
-            .bind(audit.id)
-            .bind(audit.at)
-            .bind(audit.body.as_str())
-            .bind(&audit.entity_type)
-            .bind(&audit.entity_id)
-            .bind(tenant.as_uuid())
-            .bind(record.key)
-            .bind(&record.fingerprint[..])
-            .bind(i16::try_from(record.response.status).unwrap_or(i16::MAX))
-            .bind(record.response.location.as_deref())
-            .bind(&record.response.body)
-            .bind(record.created_at)
-            .bind(record.expires_at)
+        let call = bind_audit(EventColumns::of(events)?.bind(call), audit);
+        bind_idempotency_record(call, tenant, record)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
@@ -552,17 +527,10 @@ impl Tx for PgTx {
     }
 
     async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO audit_records (tenant_id, id, at, body, entity_type, entity_id) VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
-        )
-        .bind(record.tenant_id.as_uuid())
-        .bind(record.id)
-        .bind(record.at)
-        .bind(record.body.as_str())
-        .bind(&record.entity_type)
-        .bind(&record.entity_id)
-        .execute(&mut *self.tx)
-        .await?;
+        );
+        bind_audit(insert, record).execute(&mut *self.tx).await?;
         Ok(())
     }
 
