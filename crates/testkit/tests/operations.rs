@@ -35,6 +35,7 @@ tally_testkit::engine_tests!(
     cancel_refuses_what_it_cannot_do,
     a_step_sees_whether_its_order_changed,
     a_planned_reservation_is_written_only_if_it_still_fits,
+    effects_stored_at_once_each_come_to_what_they_would_alone,
     racing_copies_of_a_prepared_effect_apply_once,
     a_prepared_effect_whose_stock_row_refuses_stores_nothing,
     a_returned_order_is_restocked_and_refunded_once,
@@ -1126,6 +1127,144 @@ async fn a_planned_reservation_is_written_only_if_it_still_fits(engine: Engine) 
         (rows[0].level.on_hand, rows[0].level.reserved),
         (1, 1),
         "one unit on hand, reserved once"
+    );
+    app.stop().await;
+}
+
+/// Many prepared effects handed to the store at once (which PostgreSQL stores in batches, and
+/// SQLite in one group commit) each come to what they would alone: fresh ones are written,
+/// copies of one event are written once, stale ones find the order changed, reservations share
+/// the last units (one effect reserving two of them in two moves of one row) and the rest find
+/// them taken, a move the row refuses and a journal entry that does not balance fail alone.
+/// Nothing of the effects that were not written is stored. Fails if a batch that fails as a
+/// whole answers all its effects with its error, or if the stock check misses a row's earlier
+/// moves.
+async fn effects_stored_at_once_each_come_to_what_they_would_alone(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let (id, order, read) = stored_completed_order(&app).await;
+    app.create_product("Cap", &[("CAP", 1_500)]).await;
+    assert_eq!(app.adjust("cap-stock", "CAP", "wh", 3).await.status(), 200);
+    let expected = (read.status.as_str(), &read.saga);
+    let moving = |units: usize, kind| {
+        let mut effect = test_effect(&app, order, EventId::generate(), expected);
+        let (sku, location) = match kind {
+            tally_store::MovementKind::Reserved => ("CAP", "wh"),
+            _ => (TEE, "wh-east"),
+        };
+        let reservation = Reservation {
+            sku: sku.to_owned(),
+            location: location.to_owned(),
+            quantity: 1,
+        };
+        effect.change.stock =
+            tally_store::stock::movements(order, &vec![reservation; units], kind, Utc::now());
+        effect
+    };
+    let reserved = tally_store::MovementKind::Reserved;
+    let mut unbalanced = test_effect(&app, order, EventId::generate(), expected);
+    unbalanced.change.journal = vec![tally_store::NewJournalEntry {
+        id: format!("effect-test:{}", Uuid::now_v7()),
+        kind: "effect_test".to_owned(),
+        pending_id: None,
+        order_id: Some(order),
+        postings: [("a", 100), ("b", -99)]
+            .map(|(account, amount_minor)| tally_store::PostingRecord {
+                account: account.to_owned(),
+                currency: "USD".to_owned(),
+                amount_minor,
+            })
+            .to_vec(),
+        body: json!({}),
+        created_at: Utc::now(),
+    }];
+    let copied = EventId::generate();
+    let mut effects: Vec<(&str, usize, PreparedEffect)> = Vec::new();
+    for _ in 0..20 {
+        let fresh = test_effect(&app, order, EventId::generate(), expected);
+        effects.push(("fresh", 0, fresh));
+    }
+    for _ in 0..5 {
+        effects.push(("copy", 0, test_effect(&app, order, copied, expected)));
+    }
+    for _ in 0..3 {
+        let stale = test_effect(&app, order, EventId::generate(), ("delivered", &read.saga));
+        effects.push(("stale", 0, stale));
+    }
+    effects.push(("reserve", 2, moving(2, reserved)));
+    for _ in 0..4 {
+        effects.push(("reserve", 1, moving(1, reserved)));
+    }
+    for _ in 0..2 {
+        let shipping = moving(1, tally_store::MovementKind::Shipped);
+        effects.push(("refused", 0, shipping));
+    }
+    effects.push(("unbalanced", 0, unbalanced));
+    let tasks: Vec<_> = effects
+        .into_iter()
+        .map(|(kind, units, effect)| {
+            let store = std::sync::Arc::clone(app.store());
+            let once = effect.once.clone();
+            tokio::spawn(async move { (kind, units, once, store.write_effect(effect).await) })
+        })
+        .collect();
+    let (mut audited_expected, mut units_reserved, mut copies_written) = (0, 0, 0);
+    for task in tasks {
+        let (kind, units, once, outcome) = task.await.expect("task");
+        let Once::Inbox { event, .. } = once else {
+            panic!("a test effect is made once by its inbox row")
+        };
+        let written = matches!(outcome, Ok(EffectOutcome::Written));
+        match kind {
+            "fresh" => assert!(written, "{outcome:?}"),
+            "copy" => {
+                assert!(
+                    matches!(
+                        outcome,
+                        Ok(EffectOutcome::Written | EffectOutcome::AlreadyApplied)
+                    ),
+                    "{outcome:?}"
+                );
+                copies_written += usize::from(written);
+            }
+            "stale" => assert!(
+                matches!(outcome, Ok(EffectOutcome::OrderChanged)),
+                "{outcome:?}"
+            ),
+            "reserve" => {
+                assert!(
+                    written || matches!(outcome, Ok(EffectOutcome::StockTaken)),
+                    "{outcome:?}"
+                );
+                units_reserved += if written { units } else { 0 };
+            }
+            _ => assert!(outcome.is_err(), "{kind}: {outcome:?}"),
+        }
+        audited_expected += usize::from(written);
+        if kind != "copy" {
+            let found = app.store().inbox_contains("effect-test", event).await;
+            assert_eq!(found.expect("inbox"), written, "{kind}: {outcome:?}");
+        }
+    }
+    assert_eq!(copies_written, 1, "copies of one event are written once");
+    assert_eq!(units_reserved, 3, "the reservations share the three units");
+    assert_eq!(effect_test_audits(&app, &id).await, audited_expected);
+    let rows = app
+        .store()
+        .read_stock(app.tenant, &["CAP".to_owned(), TEE.to_owned()])
+        .await
+        .expect("stock");
+    let levels: Vec<_> = rows
+        .iter()
+        .map(|row| (row.sku.as_str(), row.level.on_hand, row.level.reserved))
+        .collect();
+    let tee_on_hand = TEE_STOCK - 1;
+    assert_eq!(levels, [("CAP", 3, 3), (TEE, tee_on_hand, 0)]);
+    let journal = app.store().journal(app.tenant).await.expect("journal");
+    assert!(
+        journal
+            .iter()
+            .all(|entry| entry.record.kind != "effect_test"),
+        "the unbalanced entry is not stored"
     );
     app.stop().await;
 }

@@ -14,9 +14,9 @@ use crate::{StoreError, corrupt};
 
 /// The partition-key advisory locks a transaction appending `events` takes, in ascending order,
 /// so that two transactions appending under overlapping keys cannot deadlock on each other.
-pub(super) fn partition_lock_ids(events: &[NewEvent]) -> Vec<i32> {
+pub(super) fn partition_lock_ids<'e>(events: impl IntoIterator<Item = &'e NewEvent>) -> Vec<i32> {
     let mut ids: Vec<i32> = events
-        .iter()
+        .into_iter()
         .map(|e| crate::log::key_lock_id(&e.partition_key))
         .collect();
     ids.sort_unstable();
@@ -43,27 +43,40 @@ pub(super) struct EventColumns {
 }
 
 impl EventColumns {
-    pub(super) fn of(events: &[NewEvent]) -> Result<Self, StoreError> {
-        let text = |f: fn(&NewEvent) -> &str| events.iter().map(|e| f(e).to_owned()).collect();
-        let optional =
-            |f: fn(&NewEvent) -> &Option<String>| events.iter().map(|e| f(e).clone()).collect();
-        Ok(Self {
-            ids: events.iter().map(|e| e.id.as_uuid()).collect(),
-            tenants: events.iter().map(|e| e.tenant_id.as_uuid()).collect(),
-            types: text(|e| e.event_type),
-            sources: text(|e| &e.source),
-            subjects: text(|e| &e.subject),
-            keys: text(|e| &e.partition_key),
-            partitions: events
-                .iter()
-                .map(|e| i32::try_from(e.partition).map_err(|e| corrupt("partition", e)))
-                .collect::<Result<_, _>>()?,
-            times: events.iter().map(|e| e.time).collect(),
-            data: events.iter().map(|e| e.data.to_string()).collect(),
-            correlations: optional(|e| &e.correlation_id),
-            causations: optional(|e| &e.causation_id),
-            traceparents: optional(|e| &e.traceparent),
-        })
+    pub(super) fn of<'e>(
+        events: impl IntoIterator<Item = &'e NewEvent>,
+    ) -> Result<Self, StoreError> {
+        let mut columns = Self {
+            ids: Vec::new(),
+            tenants: Vec::new(),
+            types: Vec::new(),
+            sources: Vec::new(),
+            subjects: Vec::new(),
+            keys: Vec::new(),
+            partitions: Vec::new(),
+            times: Vec::new(),
+            data: Vec::new(),
+            correlations: Vec::new(),
+            causations: Vec::new(),
+            traceparents: Vec::new(),
+        };
+        for event in events {
+            columns.ids.push(event.id.as_uuid());
+            columns.tenants.push(event.tenant_id.as_uuid());
+            columns.types.push(event.event_type.to_owned());
+            columns.sources.push(event.source.clone());
+            columns.subjects.push(event.subject.clone());
+            columns.keys.push(event.partition_key.clone());
+            columns
+                .partitions
+                .push(i32::try_from(event.partition).map_err(|e| corrupt("partition", e))?);
+            columns.times.push(event.time);
+            columns.data.push(event.data.to_string());
+            columns.correlations.push(event.correlation_id.clone());
+            columns.causations.push(event.causation_id.clone());
+            columns.traceparents.push(event.traceparent.clone());
+        }
+        Ok(columns)
     }
 
     /// Binds the columns as the next twelve parameters of `query`.

@@ -11,6 +11,7 @@
 //!    strictly increasing order: a reader that has seen position P will never later find an
 //!    event below P. An event that commits late simply gets a later position.
 
+mod batch;
 mod columns;
 mod effect;
 mod lease;
@@ -38,6 +39,8 @@ pub(crate) const LOCK_CLASS_LEASE: i32 = 0x7461_0004;
 pub struct PgStore {
     pool: PgPool,
     partitions: u32,
+    /// Prepared effects on their way to be stored in batches (see [`batch`]).
+    effects: batch::EffectQueue,
 }
 
 impl PgStore {
@@ -54,7 +57,12 @@ impl PgStore {
             .await?;
         let partitions =
             u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
-        Ok(Self { pool, partitions })
+        let effects = batch::EffectQueue::start(pool.clone());
+        Ok(Self {
+            pool,
+            partitions,
+            effects,
+        })
     }
 
     /// The pool, for tests that need to hold transactions open across an interleaving.

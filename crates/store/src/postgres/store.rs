@@ -30,7 +30,7 @@ impl Store for PgStore {
         match effect.settles {
             // A retried dead letter is rare: its settling goes through the generic path.
             Some(_) => crate::effect::write_in(self.begin().await?, &effect).await,
-            None => super::effect::write(&self.pool, &effect.once, &effect.change).await,
+            None => self.effects.write(effect.once, effect.change).await,
         }
     }
 
