@@ -1133,12 +1133,13 @@ async fn a_planned_reservation_is_written_only_if_it_still_fits(engine: Engine) 
 
 /// Many prepared effects handed to the store at once (which PostgreSQL stores in batches, and
 /// SQLite in one group commit) each come to what they would alone: fresh ones are written,
-/// copies of one event are written once, stale ones find the order changed, reservations share
-/// the last units (one effect reserving two of them in two moves of one row) and the rest find
-/// them taken, a move the row refuses and a journal entry that does not balance fail alone.
-/// Nothing of the effects that were not written is stored. Fails if a batch that fails as a
-/// whole answers all its effects with its error, or if the stock check misses a row's earlier
-/// moves.
+/// copies of one event are written once, stale ones (three of them copies of one event) find
+/// the order changed, reservations share the last units (one effect reserving two of them in
+/// two moves of one row) and the rest find them taken, a move the row refuses fails alone.
+/// Then an unbalanced journal entry fails alone among fresh effects, which are written. Nothing
+/// of the effects that were not written is stored. Fails if a stale copy takes the row of an
+/// earlier copy, taken back, for applied, or if a batch that fails as a whole answers all its
+/// effects with its error.
 async fn effects_stored_at_once_each_come_to_what_they_would_alone(engine: Engine) {
     let app = spawn_app(engine).await;
     let (id, order, read) = stored_completed_order(&app).await;
@@ -1190,6 +1191,12 @@ async fn effects_stored_at_once_each_come_to_what_they_would_alone(engine: Engin
         let stale = test_effect(&app, order, EventId::generate(), ("delivered", &read.saga));
         effects.push(("stale", 0, stale));
     }
+    // Copies of one stale effect: none finds another's row and takes it for applied.
+    let stale_copied = EventId::generate();
+    for _ in 0..3 {
+        let stale = test_effect(&app, order, stale_copied, ("delivered", &read.saga));
+        effects.push(("stale", 0, stale));
+    }
     effects.push(("reserve", 2, moving(2, reserved)));
     for _ in 0..4 {
         effects.push(("reserve", 1, moving(1, reserved)));
@@ -1198,18 +1205,17 @@ async fn effects_stored_at_once_each_come_to_what_they_would_alone(engine: Engin
         let shipping = moving(1, tally_store::MovementKind::Shipped);
         effects.push(("refused", 0, shipping));
     }
-    effects.push(("unbalanced", 0, unbalanced));
-    let tasks: Vec<_> = effects
-        .into_iter()
-        .map(|(kind, units, effect)| {
-            let store = std::sync::Arc::clone(app.store());
-            let once = effect.once.clone();
-            tokio::spawn(async move { (kind, units, once, store.write_effect(effect).await) })
-        })
-        .collect();
+    // A second round in which the unbalanced entry makes a batch fail as a whole: the effects
+    // that shared it are stored one by one.
+    let mut failing = vec![("unbalanced", 0, unbalanced)];
+    for _ in 0..10 {
+        let fresh = test_effect(&app, order, EventId::generate(), expected);
+        failing.push(("fresh", 0, fresh));
+    }
+    let mut outcomes = store_at_once(&app, effects).await;
+    outcomes.extend(store_at_once(&app, failing).await);
     let (mut audited_expected, mut units_reserved, mut copies_written) = (0, 0, 0);
-    for task in tasks {
-        let (kind, units, once, outcome) = task.await.expect("task");
+    for (kind, units, once, outcome) in outcomes {
         let Once::Inbox { event, .. } = once else {
             panic!("a test effect is made once by its inbox row")
         };
@@ -1267,4 +1273,31 @@ async fn effects_stored_at_once_each_come_to_what_they_would_alone(engine: Engin
         "the unbalanced entry is not stored"
     );
     app.stop().await;
+}
+
+/// Hands every effect to the store at once and returns, for each, its kind and units as given,
+/// the row that makes it once, and what became of it.
+async fn store_at_once<'k>(
+    app: &TestApp,
+    effects: Vec<(&'k str, usize, PreparedEffect)>,
+) -> Vec<(
+    &'k str,
+    usize,
+    Once,
+    Result<EffectOutcome, tally_store::StoreError>,
+)> {
+    let tasks: Vec<_> = effects
+        .into_iter()
+        .map(|(kind, units, effect)| {
+            let store = std::sync::Arc::clone(app.store());
+            let once = effect.once.clone();
+            let task = tokio::spawn(async move { store.write_effect(effect).await });
+            (kind, units, once, task)
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for (kind, units, once, task) in tasks {
+        outcomes.push((kind, units, once, task.await.expect("task")));
+    }
+    outcomes
 }

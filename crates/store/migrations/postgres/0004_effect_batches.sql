@@ -13,7 +13,7 @@
 -- (of two processes) and a batch and a single effect or command cannot deadlock: the rows that
 -- make the effects once (the client sorts the batch by them), then the orders, then the
 -- partition-key advisory locks (p_lock_ids comes sorted), then the stock rows, each kind in
--- ascending key order.
+-- ascending key order (text by its bytes, as the client sorts an effect's moves).
 --
 -- Returns one outcome per effect: 'written', 'applied', 'changed', or 'taken:K' / 'refused:K'
 -- for the effect's K-th move (from 1) that its row refuses, as a reservation of units other
@@ -83,7 +83,7 @@ BEGIN
         JOIN unnest(p_move_effects, p_move_skus, p_move_locations) AS m(effect, sku, location)
           ON s.tenant_id = p_tenants[m.effect] AND s.sku = m.sku AND s.location = m.location
         WHERE outcomes[m.effect] IS NULL
-        ORDER BY s.tenant_id, s.sku, s.location
+        ORDER BY s.tenant_id, s.sku COLLATE "C", s.location COLLATE "C"
         FOR UPDATE OF s;
 
     FOR i IN 1 .. effects LOOP

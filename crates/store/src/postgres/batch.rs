@@ -35,6 +35,9 @@ pub const BATCH_COUNT_MAX: usize = 128;
 /// Calls under way at once. Two let the client build one batch while the server runs the
 /// other; batches lock in one order (see the migration), so they cannot deadlock each other.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Calls of `write_effect` under way at once when effects are stored one by one (after a batch
+/// failed as a whole): a few, well below the pool's connections.
+const ONE_BY_ONE_CALLS_MAX: usize = 4;
 /// Effects waiting for a call at most; a consumer that finds the queue full waits. About what
 /// the dispatchers of one process have under way at once (`tally-dispatch`'s lane limits).
 const QUEUE_COUNT_MAX: usize = 1024;
@@ -118,6 +121,8 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Queued>) {
     let outcomes = match call(pool, &batch).await {
         Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
         Ok(outcomes) => {
+            // Committed, but which effect came to what is unknown: the store is not what this
+            // code expects, and every effect of the batch says so.
             let error = format!(
                 "write_effects answered {} outcomes for {} effects",
                 outcomes.len(),
@@ -128,30 +133,62 @@ async fn write_batch(pool: &PgPool, mut batch: Vec<Queued>) {
             }
             return;
         }
+        Err(error) if error.is_unavailable() => {
+            // Storing them one by one would only wait for the pool again, 128 times over.
+            for queued in batch {
+                let failed = StoreError::CommitFailed(format!("the effect batch failed: {error}"));
+                let _ = queued.answer.send(Err(failed));
+            }
+            return;
+        }
         Err(error) => {
             tracing::debug!(%error, effects = batch.len(), "an effect batch failed; storing its effects one by one");
             one_by_one(pool, batch).await;
             return;
         }
     };
+    // Copies of one effect are neighbours in the batch, the first of them the one whose row
+    // makes them once. A later copy found that row and came to 'applied'; if the first was not
+    // written after all (its order changed, its stock was taken), the row was taken back, and
+    // the copy, which alone would have waited for the first and then been decided itself, is
+    // stored on its own after the batch.
+    let mut again = Vec::new();
+    let mut first: Option<(Once, bool)> = None;
     for (queued, outcome) in batch.into_iter().zip(outcomes) {
+        match &first {
+            Some((once, kept)) if *once == queued.once => {
+                if !kept {
+                    again.push(queued);
+                    continue;
+                }
+            }
+            _ => {
+                let kept = matches!(outcome.as_str(), "written" | "applied");
+                first = Some((queued.once.clone(), kept));
+            }
+        }
         let answer = outcome_of(&outcome, &queued.change);
         // A caller that stopped waiting needs no answer: its effect is stored or not either way.
         let _ = queued.answer.send(answer);
     }
+    one_by_one(pool, again).await;
 }
 
-/// Stores each effect of a failed batch in a call of its own, at once.
-async fn one_by_one(pool: &PgPool, batch: Vec<Queued>) {
-    let mut calls = tokio::task::JoinSet::new();
-    for queued in batch {
-        let pool = pool.clone();
-        calls.spawn(async move {
+/// Stores each effect in a call of its own, a few at a time, so that a failed batch does not
+/// take the pool from commands and the relay.
+async fn one_by_one(pool: &PgPool, effects: Vec<Queued>) {
+    let calls = Arc::new(Semaphore::new(ONE_BY_ONE_CALLS_MAX));
+    let mut tasks = tokio::task::JoinSet::new();
+    for queued in effects {
+        let (pool, calls) = (pool.clone(), Arc::clone(&calls));
+        tasks.spawn(async move {
+            // Never closed, so acquiring cannot fail; were it to, the call runs unbounded.
+            let _call = calls.acquire_owned().await.ok();
             let answer = super::effect::write(&pool, &queued.once, &queued.change).await;
             let _ = queued.answer.send(answer);
         });
     }
-    while calls.join_next().await.is_some() {}
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Inbox rows before webhook deliveries, each by key.

@@ -40,10 +40,12 @@ impl Store for PgStore {
         events: &[EventId],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        // One statement, which is its own transaction, instead of a round trip per row.
+        // One statement, which is its own transaction, instead of a round trip per row; rows in
+        // the order effect batches take them (see `batch`), so that the two cannot deadlock.
         sqlx::query(
             "INSERT INTO inbox (group_name, event_id, applied_at) \
-             SELECT $1, event_id, $3 FROM unnest($2::uuid[]) AS e(event_id) ON CONFLICT DO NOTHING",
+             SELECT $1, event_id, $3 FROM unnest($2::uuid[]) AS e(event_id) ORDER BY event_id \
+             ON CONFLICT DO NOTHING",
         )
         .bind(group)
         .bind(events.iter().map(|e| e.as_uuid()).collect::<Vec<_>>())

@@ -444,7 +444,8 @@ impl Tx for PgTx {
     ) -> Result<Vec<LockedStock>, StoreError> {
         let rows = sqlx::query(
             "SELECT sku, location, on_hand, reserved FROM stock_levels \
-             WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku, location FOR UPDATE",
+             WHERE tenant_id = $1 AND sku = ANY($2) \
+             ORDER BY sku COLLATE \"C\", location COLLATE \"C\" FOR UPDATE",
         )
         .bind(tenant.as_uuid())
         .bind(skus)
