@@ -306,6 +306,7 @@ async fn call(pool: &PgPool, batch: &[Queued]) -> Result<Vec<String>, StoreError
 }
 
 /// The batch's rows that are not one per effect, each with the index (from 1) of its effect.
+#[derive(Default)]
 struct Columns {
     once_groups: Vec<Option<&'static str>>,
     once_events: Vec<Option<Uuid>>,
@@ -344,37 +345,9 @@ impl Columns {
     fn of(batch: &[Queued]) -> Result<Self, StoreError> {
         let index = |i: usize| i32::try_from(i + 1).map_err(|e| corrupt("effect index", e));
         let mut columns = Columns {
-            once_groups: Vec::new(),
-            once_events: Vec::new(),
-            once_sources: Vec::new(),
-            once_deliveries: Vec::new(),
-            entry_effects: Vec::new(),
-            entry_ids: Vec::new(),
-            entry_kinds: Vec::new(),
-            entry_pending: Vec::new(),
-            entry_bodies: Vec::new(),
-            entry_orders: Vec::new(),
-            entry_times: Vec::new(),
-            posting_effects: Vec::new(),
-            posting_entries: Vec::new(),
-            posting_lines: Vec::new(),
-            posting_accounts: Vec::new(),
-            posting_currencies: Vec::new(),
-            posting_amounts: Vec::new(),
             lock_ids: partition_lock_ids(batch.iter().flat_map(|q| &q.change.events)),
-            event_effects: Vec::new(),
             events: EventColumns::of(batch.iter().flat_map(|q| &q.change.events))?,
-            move_from: Vec::new(),
-            move_count: Vec::new(),
-            move_effects: Vec::new(),
-            move_skus: Vec::new(),
-            move_locations: Vec::new(),
-            move_kinds: Vec::new(),
-            move_quantities: Vec::new(),
-            move_orders: Vec::new(),
-            move_times: Vec::new(),
-            move_on_hand: Vec::new(),
-            move_reserved: Vec::new(),
+            ..Columns::default()
         };
         for (i, queued) in batch.iter().enumerate() {
             let effect = index(i)?;

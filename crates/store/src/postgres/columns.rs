@@ -27,6 +27,7 @@ pub(super) fn partition_lock_ids<'e>(events: impl IntoIterator<Item = &'e NewEve
 /// The twelve columns of `events`, in the order every statement that appends them takes:
 /// id, tenant, type, source, subject, partition key, partition, time, data, correlation id,
 /// causation id, traceparent.
+#[derive(Default)]
 pub(super) struct EventColumns {
     ids: Vec<Uuid>,
     tenants: Vec<Uuid>,
@@ -46,20 +47,7 @@ impl EventColumns {
     pub(super) fn of<'e>(
         events: impl IntoIterator<Item = &'e NewEvent>,
     ) -> Result<Self, StoreError> {
-        let mut columns = Self {
-            ids: Vec::new(),
-            tenants: Vec::new(),
-            types: Vec::new(),
-            sources: Vec::new(),
-            subjects: Vec::new(),
-            keys: Vec::new(),
-            partitions: Vec::new(),
-            times: Vec::new(),
-            data: Vec::new(),
-            correlations: Vec::new(),
-            causations: Vec::new(),
-            traceparents: Vec::new(),
-        };
+        let mut columns = Self::default();
         for event in events {
             columns.ids.push(event.id.as_uuid());
             columns.tenants.push(event.tenant_id.as_uuid());
