@@ -14,6 +14,9 @@
 //! effect that writes nothing but its inbox row, whose row its batch records at the end, repeats
 //! its partner call under the same idempotency key, which the partner applies once).
 //!
+//! Each partition's records are handed on only in offset order, without gaps: one past the
+//! offset expected next makes the partition be read again from there (see [`crate::gaps`]).
+//!
 //! Each worker also watches the partitions the others own, and makes the group rebalance when
 //! one has no live reader (see [`crate::stall`]).
 
@@ -33,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::gaps::{Arrival, Sequence};
 use crate::stall::{self, PartitionKey, Reading, StallWatch};
 use crate::{BusError, KafkaConfig, cloudevents, topics};
 
@@ -58,7 +62,14 @@ const OFFSETS_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// revoked ones. A record for a partition not in the map belongs to an earlier assignment and
 /// is dropped: whoever owns the partition now reads it again from the committed offset.
 #[derive(Debug, Default, Clone)]
-struct Assigned(Arc<Mutex<HashMap<PartitionKey, Option<Worker>>>>);
+struct Assigned(Arc<Mutex<HashMap<PartitionKey, Slot>>>);
+
+/// One assigned partition: where its records stand, and its task once one arrived.
+#[derive(Debug, Default)]
+struct Slot {
+    sequence: Sequence,
+    worker: Option<Worker>,
+}
 
 #[derive(Debug)]
 struct Worker {
@@ -67,7 +78,7 @@ struct Worker {
 }
 
 impl Assigned {
-    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Option<Worker>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PartitionKey, Slot>> {
         // Entries are inserted and removed whole; a panic cannot leave one half-made.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -102,20 +113,48 @@ impl ConsumerContext for GroupContext {
         let mut assigned = self.assigned.lock();
         for element in revoked {
             let key = (element.topic().to_owned(), element.partition());
-            if let Some(Some(worker)) = assigned.remove(&key) {
+            if let Some(Slot {
+                worker: Some(worker),
+                ..
+            }) = assigned.remove(&key)
+            {
                 worker.stop.cancel();
             }
         }
         tracing::info!(group = self.group, "Kafka partitions revoked");
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // Where the group left each partition: the offset its first record should have,
+            // so that a fetch that skips records from the start is noticed too (see
+            // [`crate::gaps`]). Without it, the first record sets the start.
+            let committed: HashMap<PartitionKey, i64> = match consumer
+                .committed_offsets((*list).clone(), OFFSETS_READ_TIMEOUT)
+            {
+                Ok(committed) => committed
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(offset) => {
+                            Some(((e.topic().to_owned(), e.partition()), offset))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::debug!(group = self.group, %error, "committed offsets not read at assignment");
+                    HashMap::new()
+                }
+            };
             let mut assigned = self.assigned.lock();
             for element in list.elements() {
-                assigned
-                    .entry((element.topic().to_owned(), element.partition()))
-                    .or_insert(None);
+                let key = (element.topic().to_owned(), element.partition());
+                let start = committed.get(&key).copied();
+                assigned.entry(key).or_insert_with(|| Slot {
+                    sequence: Sequence::starting_at(start),
+                    worker: None,
+                });
             }
             let partitions: Vec<String> = list
                 .elements()
@@ -169,6 +208,63 @@ impl ConsumerGroup {
         Ok(consumer)
     }
 
+    /// Whether `message` is the record its partition expects next (see [`crate::gaps`]). A record
+    /// past it is dropped and the partition read again from the expected offset; one before it
+    /// was handed on already.
+    fn in_sequence(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        sequence: &mut Sequence,
+        message: &OwnedMessage,
+    ) -> bool {
+        let group = self.dispatcher.group();
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        match sequence.arrive(offset, Instant::now()) {
+            Arrival::Next => true,
+            Arrival::Repeat => {
+                tracing::debug!(
+                    group,
+                    topic,
+                    partition,
+                    offset,
+                    "record handed on already dropped"
+                );
+                false
+            }
+            Arrival::Gap { from } => {
+                tracing::debug!(
+                    group,
+                    topic,
+                    partition,
+                    offset,
+                    from,
+                    "records missing before this one; reading the partition again from the first"
+                );
+                metrics::counter!("tally_kafka_offset_gaps_total", "group" => group, "outcome" => "read_again").increment(1);
+                // Without waiting: the seek is applied by librdkafka's own thread, and records
+                // of the fetches before it are discarded.
+                if let Err(error) =
+                    consumer.seek(topic, partition, Offset::Offset(from), Duration::ZERO)
+                {
+                    tracing::debug!(group, topic, partition, %error, "partition not read again; revoked meanwhile");
+                }
+                false
+            }
+            Arrival::GapAccepted { missing } => {
+                tracing::warn!(
+                    group,
+                    topic,
+                    partition,
+                    from = missing.start,
+                    to = missing.end,
+                    "offsets missing from the partition through every re-read; going on past them"
+                );
+                metrics::counter!("tally_kafka_offset_gaps_total", "group" => group, "outcome" => "accepted").increment(1);
+                true
+            }
+        }
+    }
+
     /// Consumes until `shutdown`; also retries the dead letters an operator asks to retry.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let assigned = Assigned::default();
@@ -200,13 +296,24 @@ impl ConsumerGroup {
                 }
             };
             let key = (message.topic().to_owned(), message.partition());
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let id = message
+                    .headers()
+                    .and_then(|headers| headers.iter().find(|h| h.key == "ce_id"))
+                    .and_then(|h| h.value)
+                    .map(String::from_utf8_lossy);
+                tracing::trace!(group = self.dispatcher.group(), topic = %key.0, partition = key.1, offset = message.offset(), ?id, "record received");
+            }
             let queue = {
                 let mut workers = assigned.lock();
                 let Some(slot) = workers.get_mut(&key) else {
                     tracing::debug!(group = self.dispatcher.group(), topic = %key.0, partition = key.1, "record of a partition no longer assigned dropped");
                     continue;
                 };
-                let worker = slot.get_or_insert_with(|| {
+                if !self.in_sequence(&consumer, &mut slot.sequence, &message) {
+                    continue;
+                }
+                let worker = slot.worker.get_or_insert_with(|| {
                     let (queue, records) = mpsc::channel(PARTITION_QUEUE_COUNT_MAX);
                     let stop = shutdown.child_token();
                     let task = PartitionTask {
@@ -353,6 +460,7 @@ impl PartitionTask {
             message = records.recv() => message,
         } {
             // Whatever else has arrived joins the batch: its keys are applied concurrently.
+            let first_offset = first.offset();
             let mut batch = vec![first];
             while batch.len() < PARTITION_BATCH_COUNT_MAX {
                 match records.try_recv() {
@@ -365,6 +473,14 @@ impl PartitionTask {
                 return;
             }
             let Some(last) = batch.last() else { continue };
+            tracing::trace!(
+                group = self.dispatcher.group(),
+                topic = last.topic(),
+                partition = last.partition(),
+                first = first_offset,
+                last = last.offset(),
+                "batch applied; storing its offset"
+            );
             if let Err(error) =
                 self.consumer
                     .store_offset(last.topic(), last.partition(), last.offset())

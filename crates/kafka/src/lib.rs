@@ -21,11 +21,13 @@
 //! - [`topics`]: topic names and their creation through the admin API.
 //! - [`publisher`]: the relay's side.
 //! - [`consumer`]: the workers' side.
+//! - [`gaps`]: noticing records a fetch skipped, so that every offset is applied in order.
 //! - [`stall`]: noticing partitions no live member of a group reads.
 //! - [`replay`]: rewinding a consumer group to a time.
 
 pub mod cloudevents;
 pub mod consumer;
+pub mod gaps;
 pub mod publisher;
 pub mod replay;
 pub mod stall;

@@ -54,7 +54,11 @@ impl Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
         command
             .args(args)
-            .env("TALLY_LOG", "info")
+            // TALLY_TEST_PROCESS_LOG sets the processes' log filter, to look closer at a failure.
+            .env(
+                "TALLY_LOG",
+                std::env::var("TALLY_TEST_PROCESS_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(file.try_clone().expect("a log file"));
         for (key, value) in env {
