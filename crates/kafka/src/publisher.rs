@@ -21,7 +21,7 @@ use tally_domain::clock::Clock;
 use tally_domain::event::EventType;
 use tally_store::log::partition_of;
 use tally_store::{Lease, LogEvent, Store, StoreError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,16 @@ use crate::{BusError, KafkaConfig, cloudevents, topics};
 
 /// The group under which publishing progress is kept in the store's offsets.
 pub const PUBLISHER_GROUP: &str = "relay.kafka";
-/// Events sent per batch before waiting for Kafka's acknowledgements.
-pub const PUBLISH_BATCH_COUNT_MAX: u32 = 1_000;
+/// Events sent per batch of one partition before waiting for Kafka's acknowledgements.
+pub const PUBLISH_BATCH_COUNT_MAX: u32 = 250;
+/// Records handed to the producer and not yet acknowledged, over every partition a relay
+/// publishes. librdkafka counts a record's time-out from when it is handed over, so records
+/// queued behind a slow broker time out (and a timed-out record fences the idempotent producer,
+/// which the relay then replaces) unless few enough wait: under a backlog of thousands of
+/// orders, eight partitions of 1,000 records each waited about 30 s on tansu, which takes a few
+/// hundred one-record batches a second. Apache Kafka acknowledges thousands in a few
+/// milliseconds, so the bound costs it nothing.
+pub const RECORDS_IN_FLIGHT_MAX: u32 = 1_000;
 /// How often a relay looks for partitions whose lease no live relay holds.
 pub const LEASE_POLL: Duration = Duration::from_secs(1);
 /// How often an idle partition looks for new events when no wake-up arrives.
@@ -51,6 +59,8 @@ pub struct Publisher {
     /// Shared by the partitions' tasks; replaced when the broker fences it (see
     /// [`Publisher::renew_producer`]).
     producer: Arc<RwLock<Generation>>,
+    /// One permit per record in flight (see [`RECORDS_IN_FLIGHT_MAX`]), taken in batch order.
+    in_flight: Arc<Semaphore>,
 }
 
 /// A producer and the number of producers before it.
@@ -97,6 +107,7 @@ impl Publisher {
             clock,
             config,
             producer,
+            in_flight: Arc::new(Semaphore::new(RECORDS_IN_FLIGHT_MAX as usize)),
         })
     }
 
@@ -274,6 +285,12 @@ impl Publisher {
             return Ok(0);
         };
         let last_position = last.position;
+        // Never closed, so acquiring fails only if that changes; then send unbounded.
+        let _in_flight = self
+            .in_flight
+            .acquire_many(u32::try_from(events.len()).unwrap_or(PUBLISH_BATCH_COUNT_MAX))
+            .await
+            .ok();
         self.send_all(&events).await?;
         lease
             .commit_offset(last_position, self.clock.now())
