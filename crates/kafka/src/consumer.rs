@@ -107,6 +107,44 @@ impl ClientContext for GroupContext {
     }
 }
 
+impl GroupContext {
+    /// Where the group reads each assigned partition from: its committed offset, or for a
+    /// partition it committed none in, the partition's first offset (`auto.offset.reset` is
+    /// earliest). The first record must have that offset, so that a fetch that skips records
+    /// from the start is noticed too (see [`crate::gaps`]); a partition left out (the read
+    /// failed) takes its first record as the start. Blocking reads, made once per assignment,
+    /// inside the rebalance callback so that no record of the assignment arrives before them.
+    fn starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        list: &TopicPartitionList,
+    ) -> HashMap<PartitionKey, i64> {
+        let committed = match consumer.committed_offsets(list.clone(), OFFSETS_READ_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(group = self.group, %error, "committed offsets not read at assignment; the first record of each partition sets its start");
+                return HashMap::new();
+            }
+        };
+        let mut starts = HashMap::with_capacity(committed.count());
+        for element in committed.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            let start = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => consumer
+                    .fetch_watermarks(element.topic(), element.partition(), OFFSETS_READ_TIMEOUT)
+                    .map(|(low, _)| low)
+                    .inspect_err(|error| tracing::warn!(group = self.group, topic = element.topic(), partition = element.partition(), %error, "first offset not read at assignment"))
+                    .ok(),
+            };
+            if let Some(start) = start {
+                starts.insert(key, start);
+            }
+        }
+        starts
+    }
+}
+
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let revoked = match rebalance {
@@ -129,31 +167,11 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            // Where the group left each partition: the offset its first record should have,
-            // so that a fetch that skips records from the start is noticed too (see
-            // [`crate::gaps`]). Without it, the first record sets the start.
-            let committed: HashMap<PartitionKey, i64> = match consumer
-                .committed_offsets((*list).clone(), OFFSETS_READ_TIMEOUT)
-            {
-                Ok(committed) => committed
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(offset) => {
-                            Some(((e.topic().to_owned(), e.partition()), offset))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-                Err(error) => {
-                    tracing::debug!(group = self.group, %error, "committed offsets not read at assignment");
-                    HashMap::new()
-                }
-            };
+            let starts = self.starts(consumer, list);
             let mut assigned = self.assigned.lock();
             for element in list.elements() {
                 let key = (element.topic().to_owned(), element.partition());
-                let start = committed.get(&key).copied();
+                let start = starts.get(&key).copied();
                 assigned.entry(key).or_insert_with(|| Slot {
                     sequence: Sequence::starting_at(start),
                     worker: None,
@@ -254,13 +272,13 @@ impl ConsumerGroup {
                 false
             }
             Arrival::GapAccepted { missing } => {
-                tracing::warn!(
+                tracing::error!(
                     group,
                     topic,
                     partition,
                     from = missing.start,
                     to = missing.end,
-                    "offsets missing from the partition through every re-read; going on past them"
+                    "offsets missing from the partition through every re-read; going on past them: their events, if any, have not taken effect in this group"
                 );
                 metrics::counter!("tally_kafka_offset_gaps_total", "group" => group, "outcome" => "accepted").increment(1);
                 true

@@ -11,16 +11,19 @@
 //!
 //! So each assigned partition keeps the offset it expects next. A record past it is dropped and
 //! the partition is read again from the expected offset; once the record is written, the re-read
-//! returns it. A gap that outlasts [`GAP_ACCEPTED_AFTER`] and [`GAP_REREADS_MIN`] re-reads is
-//! one the broker means (a topic an operator made compacted, say) and the partition goes on past
-//! it, saying so. A record before the expected offset (a repeated fetch) was handed on already
-//! and is dropped.
+//! returns it (tansu writes it within milliseconds). A gap that outlasts [`GAP_ACCEPTED_AFTER`]
+//! and [`GAP_REREADS_MIN`] re-reads is one the broker means (a topic an operator made compacted,
+//! records deleted by retention before the group read them) and the partition goes on past it,
+//! logging an error that names the offsets, since their events may never take effect: replay
+//! the group over them once they are found. A record before the expected offset (a repeated
+//! fetch) was handed on already and is dropped.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// How long a gap is read again before it is taken as one the broker means.
-pub const GAP_ACCEPTED_AFTER: Duration = Duration::from_secs(2);
+/// How long a gap is read again before it is taken as one the broker means: far longer than
+/// tansu takes to write a record whose offset it gave out, even on a starved machine.
+pub const GAP_ACCEPTED_AFTER: Duration = Duration::from_secs(30);
 /// Re-reads of a gap, at least, before it is taken as one the broker means.
 pub const GAP_REREADS_MIN: u32 = 5;
 
@@ -57,10 +60,11 @@ struct Gap {
 }
 
 impl Sequence {
-    /// A partition whose group committed `committed` (the offset it reads from), when known.
-    pub fn starting_at(committed: Option<i64>) -> Self {
+    /// A partition read from `start` (the group's committed offset, or for a group that
+    /// committed none the partition's first offset), when known.
+    pub fn starting_at(start: Option<i64>) -> Self {
         Self {
-            next: committed,
+            next: start,
             ..Self::default()
         }
     }

@@ -39,6 +39,8 @@ pub const PUBLISH_BATCH_COUNT_MAX: u32 = 250;
 /// hundred one-record batches a second. Apache Kafka acknowledges thousands in a few
 /// milliseconds, so the bound costs it nothing.
 pub const RECORDS_IN_FLIGHT_MAX: u32 = 1_000;
+// A batch takes its permits at once: a larger one would wait for good.
+const _: () = assert!(PUBLISH_BATCH_COUNT_MAX <= RECORDS_IN_FLIGHT_MAX);
 /// How often a relay looks for partitions whose lease no live relay holds.
 pub const LEASE_POLL: Duration = Duration::from_secs(1);
 /// How often an idle partition looks for new events when no wake-up arrives.
@@ -286,12 +288,14 @@ impl Publisher {
         };
         let last_position = last.position;
         // Never closed, so acquiring fails only if that changes; then send unbounded.
-        let _in_flight = self
+        let in_flight = self
             .in_flight
             .acquire_many(u32::try_from(events.len()).unwrap_or(PUBLISH_BATCH_COUNT_MAX))
             .await
             .ok();
-        self.send_all(&events).await?;
+        let sent = self.send_all(&events).await;
+        drop(in_flight);
+        sent?;
         lease
             .commit_offset(last_position, self.clock.now())
             .await
