@@ -137,7 +137,9 @@ impl GroupContext {
                     .inspect_err(|error| tracing::warn!(group = self.group, topic = element.topic(), partition = element.partition(), %error, "first offset not read at assignment"))
                     .ok(),
             };
-            if let Some(start) = start {
+            // A negative offset is one of librdkafka's logical ones (end, beginning), never a
+            // record's: seeking to it would skip the partition.
+            if let Some(start) = start.filter(|start| *start >= 0) {
                 starts.insert(key, start);
             }
         }
