@@ -8,6 +8,7 @@
 //! `causationid`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
 use tally_domain::ids::{EventId, TenantId};
 use tally_store::LogEvent;
 use tally_store::log::partition_of;
@@ -23,6 +24,21 @@ pub struct Record {
     pub key: String,
     pub value: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+}
+
+impl Record {
+    /// The headers as rdkafka sends them.
+    pub fn kafka_headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |headers, (key, value)| {
+                headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        )
+    }
 }
 
 /// Why a record is not one of Tally's events.

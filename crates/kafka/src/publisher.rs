@@ -14,7 +14,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tally_domain::clock::Clock;
@@ -329,18 +328,11 @@ impl Publisher {
         for event in events {
             let record = cloudevents::encode(event);
             let topic = topics::topic(&self.config, category(&event.event_type));
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                });
-            }
             let mut future_record = FutureRecord::to(&topic)
                 .partition(kafka_partition(&record.key, self.config.partitions))
                 .key(&record.key)
                 .payload(&record.value)
-                .headers(headers)
+                .headers(record.kafka_headers())
                 .timestamp(event.time.timestamp_millis());
             loop {
                 match producer.send_result(future_record) {

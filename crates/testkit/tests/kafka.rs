@@ -200,3 +200,160 @@ async fn kafka_carries_every_event_as_a_cloudevent_in_key_order() {
         );
     }
 }
+
+/// Records of one test group's handler, in the order it applied them.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<tally_domain::ids::EventId>>);
+
+#[async_trait::async_trait]
+impl tally_dispatch::Handler for Recorder {
+    fn group(&self) -> &'static str {
+        "gap-check"
+    }
+
+    fn wants(&self, _: &str) -> bool {
+        true
+    }
+
+    async fn handle(
+        &self,
+        event: &LogEvent,
+        delivery: &tally_dispatch::Delivery,
+    ) -> Result<(), tally_dispatch::EffectError> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event.id);
+        delivery.applied().await
+    }
+}
+
+fn test_event(position: i64) -> LogEvent {
+    LogEvent {
+        position,
+        id: tally_domain::ids::EventId::generate(),
+        tenant_id: tally_domain::ids::TenantId::generate(),
+        event_type: "tally.order.placed.v1".to_owned(),
+        source: "/test".to_owned(),
+        subject: "order/gap".to_owned(),
+        partition_key: "gap".to_owned(),
+        partition: 0,
+        time: chrono::Utc::now(),
+        data: tally_store::EventData::from_json("{}".to_owned()).expect("JSON"),
+        correlation_id: None,
+        causation_id: None,
+        traceparent: None,
+    }
+}
+
+/// Produces `events` to one partition as one record batch (or one batch each).
+async fn produce(
+    kafka: &tally_kafka::KafkaConfig,
+    partition: i32,
+    events: &[LogEvent],
+    per_batch: usize,
+) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("batch.num.messages", per_batch.to_string())
+        .set("linger.ms", "200")
+        .create()
+        .expect("a producer");
+    let topic = tally_kafka::topics::topic(kafka, "order");
+    let records: Vec<_> = events
+        .iter()
+        .map(tally_kafka::cloudevents::encode)
+        .collect();
+    let sends: Vec<_> = records
+        .iter()
+        .map(|record| {
+            producer.send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&record.key)
+                    .payload(&record.value)
+                    .headers(record.kafka_headers()),
+                Duration::from_secs(10),
+            )
+        })
+        .collect();
+    for sent in futures::future::join_all(sends).await {
+        sent.expect("a record produced");
+    }
+}
+
+/// A consumer group never moves past records a fetch skipped. tansu 0.6 answers a fetch that
+/// starts inside a multi-record batch with the next batch: with the group's offset at 2 inside
+/// a batch of offsets 0 to 4, the first record it gets is 5. The group must not apply it (nor
+/// anything after it) while it reads the partition again for the missing offsets, and a
+/// partition without a gap goes on meanwhile. Fails if the worker hands on a record past the
+/// offset it expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_group_never_moves_past_records_a_fetch_skipped() {
+    let db = tally_testkit::fresh_database(Engine::Postgres).await;
+    let kafka = tally_testkit::fresh_kafka();
+    tally_kafka::topics::ensure(&kafka).await.expect("topics");
+    let topic = tally_kafka::topics::topic(&kafka, "order");
+    let gapped: Vec<LogEvent> = (0..6).map(test_event).collect();
+    produce(&kafka, 0, &gapped[..5], 5).await;
+    produce(&kafka, 0, &gapped[5..], 1).await;
+    let whole: Vec<LogEvent> = (0..3).map(test_event).collect();
+    produce(&kafka, 1, &whole, 1).await;
+    // The group resumes partition 0 at offset 2, inside the first batch.
+    let committer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.group_id("gap-check"))
+        .create()
+        .expect("a consumer");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(2))
+        .expect("an offset");
+    committer
+        .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+        .expect("the offset committed");
+    drop(committer);
+
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let dispatcher = tally_dispatch::Dispatcher::new(
+        std::sync::Arc::clone(&db.store),
+        std::sync::Arc::new(tally_domain::clock::SystemClock),
+        std::sync::Arc::clone(&recorder) as std::sync::Arc<dyn tally_dispatch::Handler>,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let group = tokio::spawn(
+        tally_kafka::ConsumerGroup::new(std::sync::Arc::clone(&db.store), dispatcher, kafka)
+            .run(shutdown.clone()),
+    );
+    let applied = || {
+        recorder
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while applied().len() < whole.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the partition without a gap is applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Long enough for the record past the gap to arrive many times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut applied = applied();
+    applied.sort();
+    let mut expected: Vec<_> = whole.iter().map(|e| e.id).collect();
+    expected.sort();
+    assert_eq!(
+        applied, expected,
+        "only the partition without a gap is applied; record 5 of the other waits for 2 to 4"
+    );
+    shutdown.cancel();
+    group
+        .await
+        .expect("the group ran")
+        .expect("the group stopped");
+}
