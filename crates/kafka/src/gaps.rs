@@ -52,9 +52,9 @@ pub struct Sequence {
     gap: Option<Gap>,
 }
 
+/// Records missing before the one expected next: how often they were read again, and since when.
 #[derive(Debug, Clone)]
 struct Gap {
-    from: i64,
     rereads: u32,
     since: Instant,
 }
@@ -80,30 +80,19 @@ impl Sequence {
         if offset < next {
             return Arrival::Repeat;
         }
-        match &mut self.gap {
-            Some(gap)
-                if gap.from == next
-                    && gap.rereads >= GAP_REREADS_MIN
-                    && now.duration_since(gap.since) >= GAP_ACCEPTED_AFTER =>
-            {
-                self.hand_on(offset);
-                Arrival::GapAccepted {
-                    missing: next..offset,
-                }
-            }
-            Some(gap) if gap.from == next => {
-                gap.rereads += 1;
-                Arrival::Gap { from: next }
-            }
-            _ => {
-                self.gap = Some(Gap {
-                    from: next,
-                    rereads: 1,
-                    since: now,
-                });
-                Arrival::Gap { from: next }
-            }
+        // A gap is always the one at `next`: handing a record on ends it.
+        let gap = self.gap.get_or_insert(Gap {
+            rereads: 0,
+            since: now,
+        });
+        gap.rereads += 1;
+        if gap.rereads > GAP_REREADS_MIN && now.duration_since(gap.since) >= GAP_ACCEPTED_AFTER {
+            self.hand_on(offset);
+            return Arrival::GapAccepted {
+                missing: next..offset,
+            };
         }
+        Arrival::Gap { from: next }
     }
 
     fn hand_on(&mut self, offset: i64) -> Arrival {
