@@ -30,25 +30,107 @@
 //! written digits; only an exponent form such as `1e2`, which Tally's serializers never
 //! produce, would come back rewritten).
 
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{Actor, AuditRecord, Hash};
+use crate::{AT_SUBSEC_DIGITS, Actor, AuditDraft, AuditRecord, Cause, Hash};
 
 /// The format tag at the start of every encoding. A change to the encoding must change it.
 pub const CANONICAL_FORMAT: &str = "tally.audit.v1";
 
 /// The bytes a record's hash commits to: every field but `prev_hash` and `hash`.
 pub fn canonical_bytes(record: &AuditRecord) -> Vec<u8> {
+    encode(&Fields {
+        tenant_id: record.tenant_id,
+        sequence: record.sequence,
+        id: record.id,
+        at: record.at,
+        actor: &record.actor,
+        entity_type: &record.entity_type,
+        entity_id: &record.entity_id,
+        action: &record.action,
+        before: record.before.as_ref(),
+        after: record.after.as_ref(),
+        cause: &record.cause,
+    })
+    .bytes
+}
+
+/// A draft's canonical bytes with its place in the chain left open: sealing it writes the
+/// sequence in and hashes, with no JSON tree to build or walk. Made where the draft is made, so
+/// that the sealer, which handles every record the store writes, need not parse the stored draft
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftBytes {
+    bytes: Vec<u8>,
+    /// Where the 8 bytes of `sequence` go.
+    sequence_at: usize,
+}
+
+impl DraftBytes {
+    /// The draft's bytes, its time cut to what the stores keep ([`AT_SUBSEC_DIGITS`]), as
+    /// [`crate::seal`] hashes them.
+    pub fn of(draft: &AuditDraft) -> Self {
+        let encoded = encode(&Fields {
+            tenant_id: draft.tenant_id,
+            sequence: 0,
+            id: draft.id,
+            at: draft.at.trunc_subsecs(AT_SUBSEC_DIGITS),
+            actor: &draft.actor,
+            entity_type: &draft.entity_type,
+            entity_id: &draft.entity_id,
+            action: &draft.action,
+            before: draft.before.as_ref(),
+            after: draft.after.as_ref(),
+            cause: &draft.cause,
+        });
+        Self {
+            bytes: encoded.bytes,
+            sequence_at: encoded.sequence_at,
+        }
+    }
+
+    /// The hash of the record these bytes become at `sequence`, after the record whose hash is
+    /// `prev_hash`; the caller checks the place ([`crate::seal_bytes_after`]).
+    pub(crate) fn hash_at(&mut self, sequence: i64, prev_hash: &Hash) -> Hash {
+        self.bytes[self.sequence_at..self.sequence_at + 8].copy_from_slice(&sequence.to_be_bytes());
+        chain_hash(prev_hash, &self.bytes)
+    }
+}
+
+/// The fields a record's hash commits to, from a sealed record or a draft.
+struct Fields<'a> {
+    tenant_id: Uuid,
+    sequence: i64,
+    id: Uuid,
+    at: DateTime<Utc>,
+    actor: &'a Actor,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    action: &'a str,
+    before: Option<&'a Value>,
+    after: Option<&'a Value>,
+    cause: &'a Cause,
+}
+
+/// Encoded fields, and where in them the sequence went.
+struct Encoded {
+    bytes: Vec<u8>,
+    sequence_at: usize,
+}
+
+fn encode(fields: &Fields<'_>) -> Encoded {
     let mut out = Encoder::default();
     out.str(CANONICAL_FORMAT);
-    out.uuid(record.tenant_id);
-    out.i64(record.sequence);
-    out.uuid(record.id);
-    out.i64(record.at.timestamp());
-    out.raw(&record.at.timestamp_subsec_nanos().to_be_bytes());
-    match &record.actor {
+    out.uuid(fields.tenant_id);
+    let sequence_at = out.bytes.len();
+    out.i64(fields.sequence);
+    out.uuid(fields.id);
+    out.i64(fields.at.timestamp());
+    out.raw(&fields.at.timestamp_subsec_nanos().to_be_bytes());
+    match fields.actor {
         Actor::ApiKey(key_id) => {
             out.raw(&[1]);
             out.uuid(*key_id);
@@ -62,18 +144,21 @@ pub fn canonical_bytes(record: &AuditRecord) -> Vec<u8> {
             out.str(group);
         }
     }
-    out.str(&record.entity_type);
-    out.str(&record.entity_id);
-    out.str(&record.action);
-    for value in [&record.before, &record.after] {
-        out.optional(value.as_ref(), Encoder::json);
+    out.str(fields.entity_type);
+    out.str(fields.entity_id);
+    out.str(fields.action);
+    for value in [fields.before, fields.after] {
+        out.optional(value, Encoder::json);
     }
-    let cause = &record.cause;
+    let cause = fields.cause;
     out.optional(cause.request_id.as_deref(), Encoder::str);
     out.optional(cause.idempotency_key.as_deref(), Encoder::str);
     out.optional(cause.event_id, Encoder::uuid);
     out.optional(cause.causation_id.as_deref(), Encoder::str);
-    out.bytes
+    Encoded {
+        bytes: out.bytes,
+        sequence_at,
+    }
 }
 
 /// `SHA-256(prev_hash || canonical)`.

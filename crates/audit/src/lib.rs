@@ -24,8 +24,9 @@ pub mod canonical;
 pub mod record;
 pub mod verify;
 
+pub use canonical::DraftBytes;
 pub use record::{
     AT_SUBSEC_DIGITS, Actor, AuditDraft, AuditRecord, Cause, ChainHead, GENESIS_PREV_HASH, Hash,
-    seal, seal_after,
+    seal, seal_after, seal_bytes_after,
 };
 pub use verify::{ChainBreak, verify, verify_segment};

@@ -4,7 +4,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::canonical;
+use crate::canonical::{self, DraftBytes};
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -129,12 +129,7 @@ impl ChainHead {
 /// sequence is not 1: either means the caller lost track of the chain head, and writing such a
 /// record would break the chain for good.
 pub fn seal(draft: AuditDraft, sequence: i64, prev_hash: Hash) -> AuditRecord {
-    assert!(sequence >= 1, "audit sequence {sequence} is below 1");
-    assert_eq!(
-        sequence == 1,
-        prev_hash == GENESIS_PREV_HASH,
-        "audit record {sequence} must follow the genesis hash exactly when it is the first"
-    );
+    assert_place(sequence, &prev_hash);
     let AuditDraft {
         tenant_id,
         id,
@@ -168,13 +163,40 @@ pub fn seal(draft: AuditDraft, sequence: i64, prev_hash: Hash) -> AuditRecord {
 
 /// Seals a draft as the record after `head`.
 pub fn seal_after(head: &ChainHead, draft: AuditDraft) -> AuditRecord {
+    seal(draft, next_sequence(head), head.hash)
+}
+
+/// Seals a draft, given as its canonical bytes, as the record after `head`: the new head, whose
+/// hash is the one [`seal_after`] gives the draft itself.
+pub fn seal_bytes_after(head: &ChainHead, draft: &mut DraftBytes) -> ChainHead {
+    let sequence = next_sequence(head);
+    assert_place(sequence, &head.hash);
+    ChainHead {
+        sequence,
+        hash: draft.hash_at(sequence, &head.hash),
+    }
+}
+
+/// The sequence of the record after `head`.
+fn next_sequence(head: &ChainHead) -> i64 {
     assert!(
         head.sequence >= 0,
         "chain head sequence {} is negative",
         head.sequence
     );
     assert!(head.sequence < i64::MAX, "the audit chain is full");
-    seal(draft, head.sequence + 1, head.hash)
+    head.sequence + 1
+}
+
+/// A record's place is sound: sequences start at 1, and the first record, only it, follows
+/// the genesis hash.
+fn assert_place(sequence: i64, prev_hash: &Hash) {
+    assert!(sequence >= 1, "audit sequence {sequence} is below 1");
+    assert_eq!(
+        sequence == 1,
+        *prev_hash == GENESIS_PREV_HASH,
+        "audit record {sequence} must follow the genesis hash exactly when it is the first"
+    );
 }
 
 /// Hashes as lowercase hex in serialized records, so they read like every other digest.
@@ -233,6 +255,36 @@ mod tests {
             next.hash, record.hash,
             "the same content at another place hashes apart"
         );
+    }
+
+    #[test]
+    fn sealing_a_drafts_bytes_gives_the_hash_sealing_the_draft_gives() {
+        let mut head = ChainHead::GENESIS;
+        let mut drafts = vec![draft(), draft(), draft()];
+        drafts[1].actor = Actor::ApiKey(Uuid::from_u128(9));
+        drafts[1].before = None;
+        drafts[1].cause.request_id = Some("req-1".to_owned());
+        drafts[2].actor = Actor::System("checkout".to_owned());
+        drafts[2].after =
+            Some(serde_json::json!({"lines": [{"sku": "A", "quantity": 2}], "n": -7}));
+        for draft in drafts {
+            let mut bytes = DraftBytes::of(&draft);
+            let sealed = seal_after(&head, draft);
+            let from_bytes = seal_bytes_after(&head, &mut bytes);
+            assert_eq!(from_bytes, sealed.head(), "record {}", sealed.sequence);
+            head = from_bytes;
+        }
+        assert_eq!(head.sequence, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "genesis")]
+    fn sealing_bytes_after_a_head_that_lost_its_hash_stops_the_process() {
+        let head = ChainHead {
+            sequence: 4,
+            hash: GENESIS_PREV_HASH,
+        };
+        seal_bytes_after(&head, &mut DraftBytes::of(&draft()));
     }
 
     #[test]

@@ -237,6 +237,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tenant: TenantId,
         subject: &str,
     ) -> Result<Vec<TimelineEntry>, StoreError>;
+    /// The order and its timeline (every event about it, oldest first) as of one moment: an
+    /// order's status and the events that led to it are written together, and read apart they
+    /// could show a status its timeline does not.
+    async fn order_and_timeline(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<(OrderRecord, Vec<TimelineEntry>)>, StoreError>;
     /// Orders matching `filter`, newest first, at most `limit`.
     async fn orders(
         &self,

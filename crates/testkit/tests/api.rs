@@ -19,6 +19,7 @@ tally_testkit::store_tests!(
     order_happy_path,
     order_reads_agree_with_their_timeline,
     concurrent_sealers_keep_one_audit_chain,
+    drafts_made_elsewhere_are_sealed_from_their_rows,
     products_refuse_bad_envelopes,
     adjustments_refuse_bad_envelopes,
     orders_refuse_bad_envelopes,
@@ -374,6 +375,65 @@ async fn concurrent_sealers_keep_one_audit_chain(engine: Engine) {
         verified > ADJUSTMENTS,
         "every adjustment's record is in the chain: {verified}"
     );
+}
+
+/// Audit drafts this process did not make (another process's, in a deployment of several)
+/// are sealed from their stored rows, in one chain with those it made and sealed from the
+/// bytes it kept: the chain verifies, and holds every draft once.
+async fn drafts_made_elsewhere_are_sealed_from_their_rows(engine: Engine) {
+    const DRAFTS: usize = 6;
+    let app = spawn_app(engine).await;
+    app.create_product("Forks", &[("FORK-1", 300)]).await;
+    let store = app.store();
+    let mut elsewhere = Vec::new();
+    for i in 0..DRAFTS {
+        let draft = tally_audit::AuditDraft {
+            tenant_id: app.tenant.as_uuid(),
+            id: Uuid::now_v7(),
+            // In microseconds, as every clock of Tally's gives the time.
+            at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
+            actor: tally_audit::Actor::System("elsewhere".to_owned()),
+            entity_type: "stock".to_owned(),
+            entity_id: format!("FORK-1@bin-{i}"),
+            action: "counted".to_owned(),
+            before: Some(json!({"on_hand": i, "note": "é \" \\ 🍴"})),
+            after: Some(json!({"on_hand": i + 1, "bins": [i, {"z": null, "a": true}]})),
+            cause: tally_audit::Cause::default(),
+        };
+        // Made as another process makes it: stored, never handed to this process's sealer.
+        let record = tally_store::NewAuditRecord {
+            id: draft.id,
+            tenant_id: app.tenant,
+            at: draft.at,
+            entity_type: draft.entity_type.clone(),
+            entity_id: draft.entity_id.clone(),
+            body: serde_json::to_string(&draft).expect("a draft serializes"),
+        };
+        let mut tx = store.begin().await.expect("begin");
+        tx.insert_audit(&record).await.expect("insert the draft");
+        tx.commit().await.expect("commit");
+        elsewhere.push(draft.id);
+        let adjusted = app.adjust(&fresh_key(), "FORK-1", "east", 1).await;
+        assert_eq!(adjusted.status(), 200);
+    }
+    while store.seal_audit(500).await.expect("seal") > 0 {}
+    let (violations, verified) = tally::checks::audit(store.as_ref())
+        .await
+        .expect("audit verify");
+    assert!(violations.is_empty(), "{violations:?}");
+    let chain = store.audit_chain(app.tenant).await.expect("chain");
+    assert_eq!(chain.unsealed, 0);
+    assert_eq!(verified, chain.records.len());
+    for id in &elsewhere {
+        let held = chain.records.iter().filter(|r| r.id == *id).count();
+        assert_eq!(held, 1, "draft {id} is in the chain once");
+    }
+    assert!(
+        chain.records.len() > 2 * DRAFTS,
+        "this process's drafts are in the same chain: {}",
+        chain.records.len()
+    );
+    app.stop().await;
 }
 
 /// The status an order has right after an event of this type on the happy path.

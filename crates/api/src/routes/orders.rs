@@ -412,23 +412,12 @@ pub async fn get_order(
     Path(id): Path<String>,
 ) -> Result<Json<OrderResponse>, ApiError> {
     let id: OrderId = id.parse().map_err(|_| ApiError::NotFound("order"))?;
-    let store = &state.inner.store;
-    let found = |record: Option<OrderRecord>| record.ok_or(ApiError::NotFound("order"));
-    // An order's status and the events that led to it are written together but read in two
-    // queries, so the order is read again after its timeline: when it moved in between, both
-    // are read again, so that the answer never shows a status its timeline does not.
-    let mut record = found(store.order(principal.tenant, id).await?)?;
-    let mut attempt = 1;
-    let timeline = loop {
-        let timeline = store.timeline(principal.tenant, &id.to_string()).await?;
-        let again = found(store.order(principal.tenant, id).await?)?;
-        let unmoved = again.updated_at == record.updated_at && again.status == record.status;
-        record = again;
-        if unmoved || attempt == CONSISTENT_READ_ATTEMPTS {
-            break timeline;
-        }
-        attempt += 1;
-    };
+    let (record, timeline) = state
+        .inner
+        .store
+        .order_and_timeline(principal.tenant, id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))?;
     let timeline = timeline
         .into_iter()
         .map(|e| TimelineEntry {
@@ -439,10 +428,6 @@ pub async fn get_order(
         .collect();
     Ok(Json(order_response(record, Some(timeline))))
 }
-
-/// Reads of an order and its timeline before answering with the last, should the order keep
-/// moving under them.
-const CONSISTENT_READ_ATTEMPTS: u32 = 5;
 
 fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.map(|raw| {

@@ -246,6 +246,53 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn order_and_timeline(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<(OrderRecord, Vec<TimelineEntry>)>, StoreError> {
+        // One statement, so one snapshot: the order and its events as of one moment.
+        let row = sqlx::query(&format!(
+            "{SELECT_ORDER_AND_TIMELINE} WHERE o.tenant_id = $1 AND o.id = $2"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let ids: Vec<Uuid> = row
+            .try_get::<Option<_>, _>("timeline_ids")?
+            .unwrap_or_default();
+        let types: Vec<String> = row
+            .try_get::<Option<_>, _>("timeline_types")?
+            .unwrap_or_default();
+        let times: Vec<DateTime<Utc>> = row
+            .try_get::<Option<_>, _>("timeline_times")?
+            .unwrap_or_default();
+        if ids.len() != types.len() || ids.len() != times.len() {
+            return Err(StoreError::Corrupt(format!(
+                "order {id}'s timeline came as {} ids, {} types and {} times",
+                ids.len(),
+                types.len(),
+                times.len()
+            )));
+        }
+        let timeline = ids
+            .into_iter()
+            .zip(types)
+            .zip(times)
+            .map(|((id, event_type), time)| TimelineEntry {
+                event_id: EventId::from_uuid(id),
+                event_type,
+                time,
+            })
+            .collect();
+        Ok(Some((order_record(&row)?, timeline)))
+    }
+
     async fn orders(
         &self,
         tenant: TenantId,
@@ -432,26 +479,43 @@ impl Store for PgStore {
             .bind(super::LOCK_CLASS_AUDIT_SEALER)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, tenant_id, id FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(crate::audit::DraftRow {
+                seq: row.try_get("seq")?,
+                tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
+                id: row.try_get("id")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let unsealed = rows
+        let kept = crate::audit::kept_bytes(&rows);
+        let missing: Vec<i64> = rows
             .iter()
-            .map(|row| {
-                Ok(crate::audit::Unsealed {
-                    seq: row.try_get("seq")?,
-                    tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    draft: {
-                        let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
-                        draft
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .zip(&kept)
+            .filter(|(_, kept)| kept.is_none())
+            .map(|(row, _)| row.seq)
+            .collect();
+        let mut read = std::collections::HashMap::new();
+        if !missing.is_empty() {
+            for row in sqlx::query("SELECT seq, body FROM audit_records WHERE seq = ANY($1)")
+                .bind(&missing)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
+                read.insert(row.try_get("seq")?, draft);
+            }
+        }
+        let unsealed = crate::audit::unsealed(rows, kept, read)?;
         let mut heads = std::collections::HashMap::new();
         for tenant in unsealed
             .iter()
@@ -484,9 +548,9 @@ impl Store for PgStore {
              WHERE a.seq = s.seq",
         )
         .bind(sealed.iter().map(|(seq, _)| *seq).collect::<Vec<i64>>())
-        .bind(sealed.iter().map(|(_, r)| r.sequence).collect::<Vec<i64>>())
-        .bind(sealed.iter().map(|(_, r)| r.prev_hash.to_vec()).collect::<Vec<_>>())
-        .bind(sealed.iter().map(|(_, r)| r.hash.to_vec()).collect::<Vec<_>>())
+        .bind(sealed.iter().map(|(_, s)| s.sequence).collect::<Vec<i64>>())
+        .bind(sealed.iter().map(|(_, s)| s.prev_hash.to_vec()).collect::<Vec<_>>())
+        .bind(sealed.iter().map(|(_, s)| s.hash.to_vec()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
         for (tenant, head) in &heads {
@@ -849,6 +913,15 @@ impl Store for PgStore {
 pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
+/// An order with its timeline (the events whose subject is `$3`, the order's id) as arrays in
+/// `seq` order, NULL when it has none.
+const SELECT_ORDER_AND_TIMELINE: &str = "SELECT o.id, o.channel, o.customer_id, \
+     o.customer_email, o.currency, o.total_minor, o.status, o.lines, o.shipping_address, o.saga, \
+     o.created_at, o.updated_at, t.timeline_ids, t.timeline_types, t.timeline_times FROM orders o \
+     LEFT JOIN LATERAL (SELECT array_agg(e.id ORDER BY e.seq) AS timeline_ids, \
+     array_agg(e.type ORDER BY e.seq) AS timeline_types, \
+     array_agg(e.time ORDER BY e.seq) AS timeline_times FROM events e \
+     WHERE e.tenant_id = o.tenant_id AND e.subject = $3) t ON true";
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
 pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {

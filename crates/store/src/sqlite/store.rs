@@ -190,11 +190,7 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sql::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(&*self.reader()?)?;
-        row.as_ref().map(order_record).transpose()
+        order(&*self.reader()?, tenant, id)
     }
 
     async fn timeline(
@@ -202,21 +198,21 @@ impl Store for SqliteStore {
         tenant: TenantId,
         subject: &str,
     ) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows = sql::query(
-            "SELECT id, type, time FROM events WHERE tenant_id = ? AND subject = ? ORDER BY position",
-        )
-        .bind(tenant.as_uuid())
-        .bind(subject)
-        .fetch_all(&*self.reader()?)?;
-        rows.iter()
-            .map(|row| {
-                Ok(TimelineEntry {
-                    event_id: EventId::from_uuid(row.try_get("id")?),
-                    event_type: row.try_get("type")?,
-                    time: from_micros(row.try_get("time")?)?,
-                })
-            })
-            .collect()
+        timeline(&*self.reader()?, tenant, subject)
+    }
+
+    async fn order_and_timeline(
+        &self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<(OrderRecord, Vec<TimelineEntry>)>, StoreError> {
+        read_snapshot(&*self.reader()?, |connection| {
+            let Some(record) = order(connection, tenant, id)? else {
+                return Ok(None);
+            };
+            let timeline = timeline(connection, tenant, &id.to_string())?;
+            Ok(Some((record, timeline)))
+        })
     }
 
     async fn orders(
@@ -376,21 +372,32 @@ impl Store for SqliteStore {
         // Rows and heads from one snapshot, so that the heads are those the rows follow.
         let reader = self.reader()?;
         let read = read_snapshot(&reader, |reader| {
-            let rows = sql::query("SELECT seq, tenant_id, body FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?")
-                .bind(i64::from(limit))
-                .fetch_all(reader)?;
-            let unsealed = rows
-                .iter()
-                .map(|row| {
-                    let seq = row.try_get("seq")?;
-                    let body: String = row.try_get("body")?;
-                    Ok(crate::audit::Unsealed {
-                        seq,
-                        tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                        draft: crate::audit::draft_from_text(&body, seq)?,
-                    })
+            let rows = sql::query(
+                "SELECT seq, tenant_id, id FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(reader)?
+            .iter()
+            .map(|row| {
+                Ok(crate::audit::DraftRow {
+                    seq: row.try_get("seq")?,
+                    tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
+                    id: row.try_get("id")?,
                 })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let kept = crate::audit::kept_bytes(&rows);
+            let mut read = std::collections::HashMap::new();
+            for (row, _) in rows.iter().zip(&kept).filter(|(_, kept)| kept.is_none()) {
+                let body: String = sql::query("SELECT body FROM audit_records WHERE seq = ?")
+                    .bind(row.seq)
+                    .fetch_optional_scalar(reader)?
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("audit draft {} vanished", row.seq))
+                    })?;
+                read.insert(row.seq, crate::audit::draft_from_text(&body, row.seq)?);
+            }
+            let unsealed = crate::audit::unsealed(rows, kept, read)?;
             let mut heads = std::collections::HashMap::new();
             for tenant in unsealed
                 .iter()
@@ -426,13 +433,13 @@ impl Store for SqliteStore {
             .bind(&head.hash[..])
             .execute(tx.connection()?)?;
         }
-        for (seq, record) in &sealed {
+        for (seq, seal) in &sealed {
             let changed = sql::query(
                 "UPDATE audit_records SET sequence = ?, prev_hash = ?, hash = ? WHERE seq = ? AND sequence IS NULL",
             )
-            .bind(record.sequence)
-            .bind(&record.prev_hash[..])
-            .bind(&record.hash[..])
+            .bind(seal.sequence)
+            .bind(&seal.prev_hash[..])
+            .bind(&seal.hash[..])
             .bind(seq)
             .execute(tx.connection()?)?;
             if changed != 1 {
@@ -866,6 +873,40 @@ fn audit_head(
         sequence: head.try_get("sequence")?,
         hash,
     }))
+}
+
+fn order(
+    connection: &rusqlite::Connection,
+    tenant: TenantId,
+    id: OrderId,
+) -> Result<Option<OrderRecord>, StoreError> {
+    let row = sql::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
+        .bind(tenant.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(connection)?;
+    row.as_ref().map(order_record).transpose()
+}
+
+fn timeline(
+    connection: &rusqlite::Connection,
+    tenant: TenantId,
+    subject: &str,
+) -> Result<Vec<TimelineEntry>, StoreError> {
+    let rows = sql::query(
+        "SELECT id, type, time FROM events WHERE tenant_id = ? AND subject = ? ORDER BY position",
+    )
+    .bind(tenant.as_uuid())
+    .bind(subject)
+    .fetch_all(connection)?;
+    rows.iter()
+        .map(|row| {
+            Ok(TimelineEntry {
+                event_id: EventId::from_uuid(row.try_get("id")?),
+                event_type: row.try_get("type")?,
+                time: from_micros(row.try_get("time")?)?,
+            })
+        })
+        .collect()
 }
 
 /// Runs `read` inside one read transaction, so that its statements see one snapshot.
