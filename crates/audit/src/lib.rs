@@ -10,14 +10,16 @@
 //!
 //! Nothing here performs I/O. The code that makes a change builds an [`AuditDraft`]; the store,
 //! in the same database transaction, reads the tenant's chain head, calls [`seal`] (or
-//! [`seal_after`]) and writes the record and the new head. Appends per tenant must be serialized
+//! [`seal_after`], or [`seal_bytes_after`] on the draft's [`DraftBytes`], which hashes the same
+//! without a JSON tree) and writes the record and the new head. Appends per tenant must be serialized
 //! (the head row is locked, or the `(tenant, sequence)` key is unique and a loser retries), or
 //! two records would claim the same place.
 //!
 //! # Layout
 //!
 //! - [`record`]: actors, causes, drafts, sealed records, chain heads and [`seal`].
-//! - [`canonical`]: the byte encoding the hash commits to, documented field by field.
+//! - [`canonical`]: the byte encoding the hash commits to, documented field by field, and a
+//!   draft's bytes with its place left open ([`DraftBytes`]).
 //! - [`verify`](mod@verify): chain verification and the breaks it reports.
 
 pub mod canonical;

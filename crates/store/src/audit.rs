@@ -1,7 +1,10 @@
 //! Audit records: who changed what, from what to what, why and when. A record is written in
 //! the transaction of the change it describes, as a draft; the relay then seals drafts into
 //! their tenant's hash chain in insertion order ([`seal`]), so writers never wait for one
-//! another on the chain head and the chain still covers every committed change.
+//! another on the chain head and the chain still covers every committed change. A draft's
+//! canonical bytes are made with the draft and kept in memory until the sealer takes them, so
+//! the sealer hashes without parsing the stored draft back; drafts it was not handed (another
+//! process made them, or they aged out) it reads from their rows.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
