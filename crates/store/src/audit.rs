@@ -117,6 +117,15 @@ pub(crate) fn kept_bytes(rows: &[DraftRow]) -> Vec<Option<DraftBytes>> {
     }
 }
 
+/// The rows (`seq`) of `rows` whose draft was not kept, to read.
+pub(crate) fn unkept(rows: &[DraftRow], kept: &[Option<DraftBytes>]) -> Vec<i64> {
+    rows.iter()
+        .zip(kept)
+        .filter(|(_, kept)| kept.is_none())
+        .map(|(row, _)| row.seq)
+        .collect()
+}
+
 /// The drafts of `rows`, in their order, ready to seal: the bytes `kept` where there are some,
 /// else those of the draft `read` from the row.
 pub(crate) fn unsealed(

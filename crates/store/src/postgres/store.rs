@@ -498,12 +498,7 @@ impl Store for PgStore {
             return Ok(0);
         }
         let kept = crate::audit::kept_bytes(&rows);
-        let missing: Vec<i64> = rows
-            .iter()
-            .zip(&kept)
-            .filter(|(_, kept)| kept.is_none())
-            .map(|(row, _)| row.seq)
-            .collect();
+        let missing = crate::audit::unkept(&rows, &kept);
         let mut read = std::collections::HashMap::new();
         if !missing.is_empty() {
             for row in sqlx::query("SELECT seq, body FROM audit_records WHERE seq = ANY($1)")

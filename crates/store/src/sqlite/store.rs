@@ -388,14 +388,12 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
             let kept = crate::audit::kept_bytes(&rows);
             let mut read = std::collections::HashMap::new();
-            for (row, _) in rows.iter().zip(&kept).filter(|(_, kept)| kept.is_none()) {
+            for seq in crate::audit::unkept(&rows, &kept) {
                 let body: String = sql::query("SELECT body FROM audit_records WHERE seq = ?")
-                    .bind(row.seq)
+                    .bind(seq)
                     .fetch_optional_scalar(reader)?
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("audit draft {} vanished", row.seq))
-                    })?;
-                read.insert(row.seq, crate::audit::draft_from_text(&body, row.seq)?);
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit draft {seq} vanished")))?;
+                read.insert(seq, crate::audit::draft_from_text(&body, seq)?);
             }
             let unsealed = crate::audit::unsealed(rows, kept, read)?;
             let mut heads = std::collections::HashMap::new();
