@@ -129,10 +129,10 @@ pub(crate) async fn run_shipment(shared: Arc<Shared>, plan: ShipmentPlan) {
 
 /// Sends every copy of `event`; false if shutdown cut it short.
 async fn send_event(shared: &Shared, event: &WebhookEvent) -> bool {
-    let Some(url) = lock(&shared.webhooks.url).clone() else {
+    if lock(&shared.webhooks.url).is_none() {
         tracing::debug!(delivery_id = %event.delivery_id, "no webhook URL; the event is dropped");
         return true;
-    };
+    }
     let body = match serde_json::to_vec(event) {
         Ok(body) => body,
         Err(error) => {
@@ -141,7 +141,7 @@ async fn send_event(shared: &Shared, event: &WebhookEvent) -> bool {
         }
     };
     for _ in 0..shared.webhooks.duplicates {
-        if !send_copy(shared, &url, &event.delivery_id, &body).await {
+        if !send_copy(shared, &event.delivery_id, &body).await {
             return false;
         }
     }
@@ -149,15 +149,26 @@ async fn send_event(shared: &Shared, event: &WebhookEvent) -> bool {
 }
 
 /// Sends one copy until the receiver answers 2xx or the retry window ends; false at shutdown.
-async fn send_copy(shared: &Shared, url: &str, delivery_id: &str, body: &[u8]) -> bool {
+/// Each attempt goes to the webhook URL as configured then, so that a receiver that moved (a
+/// server restarted on another address) gets the retries of what was under way when it moved.
+async fn send_copy(shared: &Shared, delivery_id: &str, body: &[u8]) -> bool {
     let settings = &shared.webhooks;
     let mut delay = RETRY_DELAY_MIN;
     let give_up_at = tokio::time::Instant::now() + RETRY_WINDOW;
+    let mut url = String::new();
     for attempt in 1..=ATTEMPTS_MAX {
+        let Some(current) = lock(&settings.url).clone() else {
+            tracing::debug!(
+                delivery_id,
+                "the webhook URL was removed; the copy is dropped"
+            );
+            return true;
+        };
+        url = current;
         let timestamp = Utc::now().timestamp();
         let request = settings
             .http
-            .post(url)
+            .post(&url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(ID_HEADER, delivery_id)
             .header(TIMESTAMP_HEADER, timestamp.to_string())

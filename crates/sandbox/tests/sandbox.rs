@@ -540,6 +540,43 @@ async fn refused_webhooks_are_retried() {
     receiver.abort();
 }
 
+/// A webhook whose receiver went away (a server stopped, to come back on another address) is
+/// retried at the URL set since: the moved receiver gets both updates, none is left retrying
+/// the old address.
+#[tokio::test]
+async fn webhooks_under_way_follow_a_moved_receiver() {
+    // An address nothing listens on: bound, then closed.
+    let gone = tokio::net::TcpListener::bind(ANY_PORT)
+        .await
+        .expect("binds");
+    let gone_address = gone.local_addr().expect("an address");
+    drop(gone);
+    let harness = spawn_sandbox(SandboxConfig {
+        webhook_url: Some(format!("http://{gone_address}/v1/webhooks/carrier")),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let body = json!({"order_id": "order-1", "lines": [{"sku": "SKU-1", "quantity": 1}]});
+    let (status, _) = harness
+        .post("/carrier/shipments", Some("ship-1"), &body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Let the first attempts fail against the old address before the receiver moves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (receiver_url, inbox, receiver) = spawn_receiver().await;
+    harness.sandbox.set_webhook_url(receiver_url);
+    let deadline = tokio::time::Instant::now() + WEBHOOK_WAIT;
+    while inbox.lock().expect("the inbox lock").len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both webhooks reach the moved receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    harness.sandbox.stop().await;
+    receiver.abort();
+}
+
 /// Two sandboxes with the same seed hand out the same ids.
 #[tokio::test]
 async fn ids_replay_from_the_seed() {
