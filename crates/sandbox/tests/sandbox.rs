@@ -372,6 +372,15 @@ async fn spawn_receiver() -> (String, Inbox, tokio::task::JoinHandle<()>) {
     )
 }
 
+/// Waits until `inbox` holds `count` webhooks, failing with `what` after [`WEBHOOK_WAIT`].
+async fn wait_for_webhooks(inbox: &Inbox, count: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + WEBHOOK_WAIT;
+    while inbox.lock().expect("the inbox lock").len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn header<'a>(received: &'a Received, name: &str) -> &'a str {
     received.headers[name].to_str().expect("a text header")
 }
@@ -397,14 +406,7 @@ async fn shipment_webhooks_are_signed_duplicated_and_ordered() {
     assert_eq!(status, StatusCode::CREATED);
     assert!(text(&shipment, "tracking_number").starts_with("TRK"));
 
-    let deadline = tokio::time::Instant::now() + WEBHOOK_WAIT;
-    while inbox.lock().expect("the inbox lock").len() < 6 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "six webhooks arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_webhooks(&inbox, 6, "six webhooks arrive").await;
     let received = inbox.lock().expect("the inbox lock").clone();
     assert_eq!(received.len(), 6);
     let now = chrono::Utc::now().timestamp();
@@ -518,14 +520,7 @@ async fn refused_webhooks_are_retried() {
     harness
         .post("/carrier/shipments", Some("ship-1"), &body)
         .await;
-    let deadline = tokio::time::Instant::now() + WEBHOOK_WAIT;
-    while inbox.lock().expect("the inbox lock").len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both webhooks arrive"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_webhooks(&inbox, 2, "both webhooks arrive").await;
     let received = inbox.lock().expect("the inbox lock").clone();
     let types: Vec<String> = received
         .iter()
@@ -565,14 +560,7 @@ async fn webhooks_under_way_follow_a_moved_receiver() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (receiver_url, inbox, receiver) = spawn_receiver().await;
     harness.sandbox.set_webhook_url(receiver_url);
-    let deadline = tokio::time::Instant::now() + WEBHOOK_WAIT;
-    while inbox.lock().expect("the inbox lock").len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "both webhooks reach the moved receiver"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_webhooks(&inbox, 2, "both webhooks reach the moved receiver").await;
     harness.sandbox.stop().await;
     receiver.abort();
 }
