@@ -73,7 +73,7 @@ impl DraftBytes {
     /// The draft's bytes, its time cut to what the stores keep ([`AT_SUBSEC_DIGITS`]), as
     /// [`crate::seal`] hashes them.
     pub fn of(draft: &AuditDraft) -> Self {
-        let encoded = encode(&Fields {
+        encode(&Fields {
             tenant_id: draft.tenant_id,
             sequence: 0,
             id: draft.id,
@@ -85,11 +85,7 @@ impl DraftBytes {
             before: draft.before.as_ref(),
             after: draft.after.as_ref(),
             cause: &draft.cause,
-        });
-        Self {
-            bytes: encoded.bytes,
-            sequence_at: encoded.sequence_at,
-        }
+        })
     }
 
     /// The hash of the record these bytes become at `sequence`, after the record whose hash is
@@ -115,13 +111,8 @@ struct Fields<'a> {
     cause: &'a Cause,
 }
 
-/// Encoded fields, and where in them the sequence went.
-struct Encoded {
-    bytes: Vec<u8>,
-    sequence_at: usize,
-}
-
-fn encode(fields: &Fields<'_>) -> Encoded {
+/// The encoded fields, with where the sequence went.
+fn encode(fields: &Fields<'_>) -> DraftBytes {
     let mut out = Encoder::default();
     out.str(CANONICAL_FORMAT);
     out.uuid(fields.tenant_id);
@@ -155,7 +146,7 @@ fn encode(fields: &Fields<'_>) -> Encoded {
     out.optional(cause.idempotency_key.as_deref(), Encoder::str);
     out.optional(cause.event_id, Encoder::uuid);
     out.optional(cause.causation_id.as_deref(), Encoder::str);
-    Encoded {
+    DraftBytes {
         bytes: out.bytes,
         sequence_at,
     }

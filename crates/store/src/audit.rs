@@ -2,11 +2,12 @@
 //! the transaction of the change it describes, as a draft; the relay then seals drafts into
 //! their tenant's hash chain in insertion order ([`seal`]), so writers never wait for one
 //! another on the chain head and the chain still covers every committed change. A draft's
-//! canonical bytes are made with the draft and kept in memory until the sealer takes them, so
-//! the sealer hashes without parsing the stored draft back; drafts it was not handed (another
-//! process made them, or they aged out) it reads from their rows.
+//! canonical bytes are made with the draft, in a process that seals, and kept in memory until
+//! the sealer takes them, so the sealer hashes without parsing the stored draft back; drafts it
+//! was not handed (another process made them, or they aged out) it reads from their rows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -85,7 +86,15 @@ const DRAFT_BYTES_KEPT_MAX: usize = 32_768;
 static DRAFT_BYTES: LazyLock<Mutex<LruCache<Uuid, DraftBytes>>> =
     LazyLock::new(|| Mutex::new(LruCache::new(DRAFT_BYTES_KEPT_MAX)));
 
+/// Whether this process seals: set by its sealer's first pass. A process that never seals (an
+/// API or worker process beside a relay, in a deployment of several) would make and keep bytes
+/// that no one takes, on every change's path.
+static SEALS_HERE: AtomicBool = AtomicBool::new(false);
+
 fn remember(draft: &AuditDraft) {
+    if !SEALS_HERE.load(Ordering::Relaxed) {
+        return;
+    }
     let bytes = DraftBytes::of(draft);
     if let Ok(mut kept) = DRAFT_BYTES.lock() {
         kept.insert(draft.id, bytes);
@@ -111,6 +120,7 @@ pub(crate) struct Unsealed {
 /// The bytes this process kept of each row's draft when it made it (taking them), `None` for
 /// the rows whose stored draft must be read.
 pub(crate) fn kept_bytes(rows: &[DraftRow]) -> Vec<Option<DraftBytes>> {
+    SEALS_HERE.store(true, Ordering::Relaxed);
     match DRAFT_BYTES.lock() {
         Ok(mut memo) => rows.iter().map(|row| memo.remove(&row.id)).collect(),
         Err(_) => vec![None; rows.len()],
