@@ -563,11 +563,17 @@ impl Store for PgStore {
     }
 
     async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError> {
+        // Records, head and count from one snapshot: read apart, a seal committed in between
+        // shows a head past the chain's end, a break that is not there.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = $1 AND sequence IS NOT NULL ORDER BY sequence",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let records = rows
             .iter()
@@ -587,7 +593,7 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_uuid())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .map(|row| -> Result<tally_audit::ChainHead, StoreError> {
                 let hash: Vec<u8> = row.try_get("hash")?;
@@ -604,8 +610,9 @@ impl Store for PgStore {
             "SELECT count(*) FROM audit_records WHERE tenant_id = $1 AND sequence IS NULL",
         )
         .bind(tenant.as_uuid())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(AuditChain {
             records,
             head,

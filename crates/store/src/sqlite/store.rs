@@ -451,36 +451,40 @@ impl Store for SqliteStore {
     }
 
     async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError> {
-        let rows = sql::query(
-            "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND sequence IS NOT NULL ORDER BY sequence",
-        )
-        .bind(tenant.as_uuid())
-        .fetch_all(&*self.reader()?)?;
-        let records = rows
-            .iter()
-            .map(|row| {
-                let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let sequence = row.try_get("sequence")?;
-                let body: String = row.try_get("body")?;
-                crate::audit::sealed_record(
-                    crate::audit::draft_from_text(&body, sequence)?,
-                    sequence,
-                    &prev_hash,
-                    &hash,
-                )
+        // Records, head and count from one snapshot: read apart, a seal committed in between
+        // shows a head past the chain's end, a break that is not there.
+        read_snapshot(&*self.reader()?, |reader| {
+            let rows = sql::query(
+                "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND sequence IS NOT NULL ORDER BY sequence",
+            )
+            .bind(tenant.as_uuid())
+            .fetch_all(reader)?;
+            let records = rows
+                .iter()
+                .map(|row| {
+                    let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+                    let hash: Vec<u8> = row.try_get("hash")?;
+                    let sequence = row.try_get("sequence")?;
+                    let body: String = row.try_get("body")?;
+                    crate::audit::sealed_record(
+                        crate::audit::draft_from_text(&body, sequence)?,
+                        sequence,
+                        &prev_hash,
+                        &hash,
+                    )
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let head = audit_head(reader, tenant)?;
+            let unsealed: i64 = sql::query(
+                "SELECT count(*) FROM audit_records WHERE tenant_id = ? AND sequence IS NULL",
+            )
+            .bind(tenant.as_uuid())
+            .fetch_scalar(reader)?;
+            Ok(AuditChain {
+                records,
+                head,
+                unsealed,
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let head = audit_head(&*self.reader()?, tenant)?;
-        let unsealed: i64 = sql::query(
-            "SELECT count(*) FROM audit_records WHERE tenant_id = ? AND sequence IS NULL",
-        )
-        .bind(tenant.as_uuid())
-        .fetch_scalar(&*self.reader()?)?;
-        Ok(AuditChain {
-            records,
-            head,
-            unsealed,
         })
     }
 
