@@ -11,6 +11,7 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 use tally_api::BODY_BYTES_MAX;
 use tally_api::auth::Scope;
+use tally_domain::ids::{OrderId, TenantId};
 use tally_testkit::{Engine, TestApp, order_body, spawn_app};
 use uuid::Uuid;
 
@@ -18,6 +19,7 @@ tally_testkit::store_tests!(
     product_and_stock_happy_path,
     order_happy_path,
     order_reads_agree_with_their_timeline,
+    concurrent_reads_find_each_their_own_order,
     concurrent_sealers_keep_one_audit_chain,
     drafts_made_elsewhere_are_sealed_from_their_rows,
     products_refuse_bad_envelopes,
@@ -335,6 +337,94 @@ async fn order_reads_agree_with_their_timeline(engine: Engine) {
         let reads = reader.expect("reader task");
         assert!(reads > 1, "the order was read while it moved");
     }
+}
+
+/// Many reads of orders at once, each answered with its own order: by id through the store, as
+/// the saga and notifications read, and through `GET` with its timeline; among them reads of
+/// another tenant's orders and of ids no order has, which find nothing. (PostgreSQL answers
+/// reads under way together with one statement: each must still get its own row.)
+async fn concurrent_reads_find_each_their_own_order(engine: Engine) {
+    const READS: usize = 400;
+    let app = Arc::new(spawn_app(engine).await);
+    app.create_product("Mug", &[("MUG-1", 1200)]).await;
+    adjusted(&app, "MUG-1", "wh-1", 100).await;
+    let (other, other_key) = app.other_tenant(&Scope::ALL).await;
+    let product = json!({"name": "Mug", "variants": [{"sku": "MUG-1", "prices": {"USD": 900}}]});
+    first_time(
+        post_as(&app, &other_key, PRODUCTS, &fresh_key(), &product),
+        201,
+    )
+    .await;
+    let stock = json!({"sku": "MUG-1", "location": "wh-1", "delta": 100});
+    ok(
+        post_as(&app, &other_key, ADJUSTMENTS, &fresh_key(), &stock),
+        200,
+    )
+    .await;
+    let mut orders = Vec::new();
+    for i in 0..12 {
+        let (tenant, key) = if i % 3 == 2 {
+            (other, other_key.as_str())
+        } else {
+            (app.tenant, app.key.as_str())
+        };
+        let customer = format!("reader-{i}");
+        let body = order_body(&customer, &[("MUG-1", 1)]);
+        let placed = ok(post_as(&app, key, ORDERS, &fresh_key(), &body), 201).await;
+        let id: Uuid = id_of(&placed).parse().expect("a UUID");
+        orders.push((tenant, key.to_owned(), OrderId::from_uuid(id), customer));
+    }
+    let orders = Arc::new(orders);
+    let reads = (0..READS).map(|n| {
+        let (app, orders) = (Arc::clone(&app), Arc::clone(&orders));
+        tokio::spawn(async move {
+            let (tenant, key, id, customer) = &orders[n % orders.len()];
+            let stranger = if *tenant == app.tenant {
+                other
+            } else {
+                app.tenant
+            };
+            match n % 4 {
+                0 => {
+                    let found = app.store().order(*tenant, *id).await.expect("a read");
+                    let found = found.expect("the order is found");
+                    assert_eq!((found.id, &found.customer_id), (*id, customer));
+                }
+                1 => {
+                    let found = app.store().order(stranger, *id).await.expect("a read");
+                    assert!(found.is_none(), "another tenant's order: {found:?}");
+                    let unknown = OrderId::from_uuid(Uuid::now_v7());
+                    let found = app.store().order(*tenant, unknown).await.expect("a read");
+                    assert!(found.is_none(), "an order no one placed: {found:?}");
+                }
+                2 => {
+                    let read = ok(get_as(&app, key, &format!("{ORDERS}/{id}")), 200).await;
+                    assert_eq!(read["id"], id.to_string(), "{read}");
+                    assert_eq!(read["customer"]["id"], customer.as_str(), "{read}");
+                    let first = &read["timeline"][0]["type"];
+                    assert_eq!(first, "tally.order.placed.v1", "{read}");
+                }
+                _ => {
+                    let stranger_key = if *tenant == app.tenant {
+                        other_key_of(&orders, other)
+                    } else {
+                        app.key.clone()
+                    };
+                    let path = format!("{ORDERS}/{id}");
+                    problem(get_as(&app, &stranger_key, &path), 404, "not-found").await;
+                }
+            }
+        })
+    });
+    for read in futures::future::join_all(reads).await {
+        read.expect("read task");
+    }
+}
+
+/// The key of `tenant` among the placed orders.
+fn other_key_of(orders: &[(TenantId, String, OrderId, String)], tenant: TenantId) -> String {
+    let (_, key, _, _) = orders.iter().find(|o| o.0 == tenant).expect("an order");
+    key.clone()
 }
 
 /// Audit records sealed by several sealers at once (the app's own loop among them) form one

@@ -32,8 +32,7 @@ use crate::{StoreError, corrupt};
 /// Effects stored by one call at most: bounds the call's arrays and how many effects one
 /// failed call sends down the slow path.
 pub const BATCH_COUNT_MAX: usize = 128;
-/// Calls under way at once. Two let the client build one batch while the server runs the
-/// other; batches lock in one order (see the migration), so they cannot deadlock each other.
+/// Calls under way at once.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Calls of `write_effect` under way at once when effects are stored one by one (after a batch
 /// failed as a whole): a few, well below the pool's connections.
@@ -64,8 +63,17 @@ impl EffectQueue {
     /// Starts the writer task on the current runtime; it ends when the last clone of the queue
     /// is dropped.
     pub(super) fn start(pool: PgPool) -> Self {
-        let (sender, receiver) = mpsc::channel(QUEUE_COUNT_MAX);
-        tokio::spawn(write_batches(pool, receiver));
+        // Two calls let the client build one batch while the server runs the other; batches
+        // lock in one order (see the migration), so they cannot deadlock each other.
+        let sender = super::gather::start(
+            QUEUE_COUNT_MAX,
+            BATCH_COUNT_MAX,
+            BATCHES_IN_FLIGHT_MAX,
+            move |batch| {
+                let pool = pool.clone();
+                async move { write_batch(&pool, batch).await }
+            },
+        );
         Self { sender }
     }
 
@@ -89,27 +97,6 @@ impl EffectQueue {
         answered.await.map_err(|_| {
             StoreError::CommitFailed("the effect writer stopped before answering".to_owned())
         })?
-    }
-}
-
-/// Takes everything queued whenever a call is free and stores it as one batch, until the queue
-/// is closed.
-async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Queued>) {
-    let calls = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    loop {
-        // A free call first: effects that arrive while both are busy join the next batch.
-        let Ok(call) = Arc::clone(&calls).acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(BATCH_COUNT_MAX);
-        if receiver.recv_many(&mut batch, BATCH_COUNT_MAX).await == 0 {
-            return;
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            write_batch(&pool, batch).await;
-            drop(call);
-        });
     }
 }
 

@@ -14,7 +14,9 @@
 mod batch;
 mod columns;
 mod effect;
+mod gather;
 mod lease;
+mod reads;
 mod store;
 mod tx;
 
@@ -41,6 +43,8 @@ pub struct PgStore {
     partitions: u32,
     /// Prepared effects on their way to be stored in batches (see [`batch`]).
     effects: batch::EffectQueue,
+    /// Reads of orders by id on their way to be made in batches (see [`reads`]).
+    reads: reads::OrderReads,
 }
 
 impl PgStore {
@@ -58,10 +62,12 @@ impl PgStore {
         let partitions =
             u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
         let effects = batch::EffectQueue::start(pool.clone());
+        let reads = reads::OrderReads::start(&pool);
         Ok(Self {
             pool,
             partitions,
             effects,
+            reads,
         })
     }
 

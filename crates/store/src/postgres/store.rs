@@ -215,12 +215,7 @@ impl Store for PgStore {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_ORDER} WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant.as_uuid())
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(order_record).transpose()
+        self.reads.order(tenant, id).await
     }
 
     async fn timeline(
@@ -252,45 +247,7 @@ impl Store for PgStore {
         id: OrderId,
     ) -> Result<Option<(OrderRecord, Vec<TimelineEntry>)>, StoreError> {
         // One statement, so one snapshot: the order and its events as of one moment.
-        let row = sqlx::query(&format!(
-            "{SELECT_ORDER_AND_TIMELINE} WHERE o.tenant_id = $1 AND o.id = $2"
-        ))
-        .bind(tenant.as_uuid())
-        .bind(id.as_uuid())
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let ids: Vec<Uuid> = row
-            .try_get::<Option<_>, _>("timeline_ids")?
-            .unwrap_or_default();
-        let types: Vec<String> = row
-            .try_get::<Option<_>, _>("timeline_types")?
-            .unwrap_or_default();
-        let times: Vec<DateTime<Utc>> = row
-            .try_get::<Option<_>, _>("timeline_times")?
-            .unwrap_or_default();
-        if ids.len() != types.len() || ids.len() != times.len() {
-            return Err(StoreError::Corrupt(format!(
-                "order {id}'s timeline came as {} ids, {} types and {} times",
-                ids.len(),
-                types.len(),
-                times.len()
-            )));
-        }
-        let timeline = ids
-            .into_iter()
-            .zip(types)
-            .zip(times)
-            .map(|((id, event_type), time)| TimelineEntry {
-                event_id: EventId::from_uuid(id),
-                event_type,
-                time,
-            })
-            .collect();
-        Ok(Some((order_record(&row)?, timeline)))
+        self.reads.order_and_timeline(tenant, id).await
     }
 
     async fn orders(
@@ -917,13 +874,6 @@ pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name
 
 /// An order with its timeline (the events whose subject is `$3`, the order's id) as arrays in
 /// `seq` order, NULL when it has none.
-const SELECT_ORDER_AND_TIMELINE: &str = "SELECT o.id, o.channel, o.customer_id, \
-     o.customer_email, o.currency, o.total_minor, o.status, o.lines, o.shipping_address, o.saga, \
-     o.created_at, o.updated_at, t.timeline_ids, t.timeline_types, t.timeline_times FROM orders o \
-     LEFT JOIN LATERAL (SELECT array_agg(e.id ORDER BY e.seq) AS timeline_ids, \
-     array_agg(e.type ORDER BY e.seq) AS timeline_types, \
-     array_agg(e.time ORDER BY e.seq) AS timeline_times FROM events e \
-     WHERE e.tenant_id = o.tenant_id AND e.subject = $3) t ON true";
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
 pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
@@ -934,7 +884,7 @@ pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
     })
 }
 
-fn order_record(row: &PgRow) -> Result<OrderRecord, StoreError> {
+pub(super) fn order_record(row: &PgRow) -> Result<OrderRecord, StoreError> {
     let Json(lines): Json<Vec<LineRecord>> = row.try_get("lines")?;
     let Json(shipping_address): Json<AddressRecord> = row.try_get("shipping_address")?;
     let Json(saga) = row.try_get("saga")?;
