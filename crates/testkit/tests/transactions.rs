@@ -3,6 +3,7 @@
 //! however they interleave. On SQLite this is what group commit (many commands' transactions
 //! in one SQLite transaction) must preserve.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ fn end_of(i: usize) -> End {
 }
 
 /// Hundreds of tasks at once write an inbox row each and end their transactions in every way
-/// there is; afterwards exactly the committed rows exist, and statements outside transactions
+/// there is; afterwards exactly the committed rows exist (asked one by one and all at once), and statements outside transactions
 /// (consumer offsets) went through beside them.
 async fn concurrent_transactions_keep_exactly_the_committed_ones(engine: Engine) {
     let db = fresh_database(engine).await;
@@ -97,6 +98,19 @@ async fn concurrent_transactions_keep_exactly_the_committed_ones(engine: Engine)
             end_of(i)
         );
     }
+    // The same in one look for the whole list, as a consumer asks for a batch of events:
+    // repeats and events never applied among them; under another group none is held.
+    let mut asked = ids.clone();
+    asked.extend(ids.iter().take(7).copied());
+    asked.extend((0..5).map(|_| EventId::generate()));
+    let committed: HashSet<EventId> = (ids.iter().enumerate())
+        .filter(|(i, _)| end_of(*i) == End::Commit)
+        .map(|(_, id)| *id)
+        .collect();
+    let held = store.inbox_holds(GROUP, &asked).await.expect("read");
+    assert_eq!(held, committed);
+    let elsewhere = store.inbox_holds("another-group", &asked).await;
+    assert!(elsewhere.expect("read").is_empty());
     for partition in 0..4_u32 {
         assert!(
             store
