@@ -43,8 +43,8 @@ fn end_of(i: usize) -> End {
 }
 
 /// Hundreds of tasks at once write an inbox row each and end their transactions in every way
-/// there is; afterwards exactly the committed rows exist (asked one by one and all at once), and statements outside transactions
-/// (consumer offsets) went through beside them.
+/// there is; afterwards exactly the committed rows exist (asked one by one and all at once),
+/// and statements outside transactions (consumer offsets) went through beside them.
 async fn concurrent_transactions_keep_exactly_the_committed_ones(engine: Engine) {
     let db = fresh_database(engine).await;
     let store = Arc::clone(&db.store);
