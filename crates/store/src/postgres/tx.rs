@@ -69,6 +69,15 @@ fn stock_row(row: &PgRow) -> Result<LockedStock, StoreError> {
     })
 }
 
+/// A variant's prices, probed SKU by SKU. Asked as `sku = ANY($2)`, a hundred SKUs or more (an
+/// order may have 100 lines) let the planner use the key for the tenant alone and test its whole
+/// catalog against the array (11.8 ms for 200 SKUs of a 50,000-variant catalog, where probes take
+/// under 1 ms); a lateral subquery with a limit is never flattened into a join, so each SKU is
+/// one probe of the key whatever the statistics say.
+const SELECT_PRICES: &str = "SELECT v.sku, v.prices FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w \
+     CROSS JOIN LATERAL (SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = w.sku \
+     LIMIT 1) AS v";
+
 /// The stock rows of `skus`, by SKU and location.
 pub(super) async fn read_stock<'e>(
     executor: impl sqlx::PgExecutor<'e>,
@@ -76,8 +85,11 @@ pub(super) async fn read_stock<'e>(
     skus: &[String],
 ) -> Result<Vec<LockedStock>, StoreError> {
     let rows = sqlx::query(
-        "SELECT sku, location, on_hand, reserved FROM stock_levels \
-         WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku, location",
+        // Probed SKU by SKU (see `SELECT_PRICES`); `OFFSET 0` keeps the planner from making the
+        // lateral subquery, which yields a row per location, into a join it may plan otherwise.
+        "SELECT s.sku, s.location, s.on_hand, s.reserved FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w \
+         CROSS JOIN LATERAL (SELECT sku, location, on_hand, reserved FROM stock_levels \
+         WHERE tenant_id = $1 AND sku = w.sku OFFSET 0) AS s ORDER BY s.sku, s.location",
     )
     .bind(tenant.as_uuid())
     .bind(skus)
@@ -150,7 +162,9 @@ impl Tx for PgTx {
         skus: &[Sku],
     ) -> Result<Vec<Sku>, StoreError> {
         let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT sku FROM variants WHERE tenant_id = $1 AND sku = ANY($2) ORDER BY sku",
+            "SELECT v.sku FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w CROSS JOIN LATERAL \
+             (SELECT sku FROM variants WHERE tenant_id = $1 AND sku = w.sku LIMIT 1) AS v \
+             ORDER BY v.sku",
         )
         .bind(tenant.as_uuid())
         .bind(sku_strings(skus))
@@ -204,12 +218,11 @@ impl Tx for PgTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError> {
-        let rows =
-            sqlx::query("SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = ANY($2)")
-                .bind(tenant.as_uuid())
-                .bind(sku_strings(skus))
-                .fetch_all(&mut *self.tx)
-                .await?;
+        let rows = sqlx::query(SELECT_PRICES)
+            .bind(tenant.as_uuid())
+            .bind(sku_strings(skus))
+            .fetch_all(&mut *self.tx)
+            .await?;
         rows.iter()
             .map(|row| {
                 let sku: String = row.try_get("sku")?;
