@@ -30,23 +30,21 @@ const CALLS_MAX: usize = 2;
 /// Reads waiting for a statement at most; a caller that finds the queue full waits.
 const QUEUE_COUNT_MAX: usize = 1024;
 
-/// Many orders by (tenant, id), each row with its tenant and id to find the read it answers.
-const SELECT_ORDERS: &str = "SELECT o.tenant_id, o.id, o.channel, o.customer_id, \
-     o.customer_email, o.currency, o.total_minor, o.status, o.lines, o.shipping_address, o.saga, \
-     o.created_at, o.updated_at FROM unnest($1::uuid[], $2::uuid[]) AS w(tenant_id, id) \
+/// Many orders by (tenant, id): every column of each, its tenant and id among them to find the
+/// read it answers.
+const SELECT_ORDERS: &str = "SELECT o.* FROM unnest($1::uuid[], $2::uuid[]) AS w(tenant_id, id) \
      JOIN orders o ON o.tenant_id = w.tenant_id AND o.id = w.id";
 
-/// Many orders with their timelines (the ids, types and times of their events in log order),
-/// each order and its events as of the statement's one snapshot.
-const SELECT_ORDERS_AND_TIMELINES: &str = "SELECT o.tenant_id, o.id, o.channel, o.customer_id, \
-     o.customer_email, o.currency, o.total_minor, o.status, o.lines, o.shipping_address, o.saga, \
-     o.created_at, o.updated_at, t.timeline_ids, t.timeline_types, t.timeline_times \
-     FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS w(tenant_id, id, subject) \
+/// Many orders with their timelines: the ids, types and times of the events whose subject is
+/// the order's id, in log order (NULL when there are none), each order and its events as of the
+/// statement's one snapshot.
+const SELECT_ORDERS_AND_TIMELINES: &str = "SELECT o.*, t.timeline_ids, t.timeline_types, \
+     t.timeline_times FROM unnest($1::uuid[], $2::uuid[]) AS w(tenant_id, id) \
      JOIN orders o ON o.tenant_id = w.tenant_id AND o.id = w.id \
      LEFT JOIN LATERAL (SELECT array_agg(e.id ORDER BY e.seq) AS timeline_ids, \
      array_agg(e.type ORDER BY e.seq) AS timeline_types, \
      array_agg(e.time ORDER BY e.seq) AS timeline_times FROM events e \
-     WHERE e.tenant_id = o.tenant_id AND e.subject = w.subject) t ON true";
+     WHERE e.tenant_id = o.tenant_id AND e.subject = o.id::text) t ON true";
 
 /// One read waiting for its statement, and where its answer goes.
 struct Wanted<T> {
@@ -68,8 +66,6 @@ pub(super) struct OrderReads {
 /// What a kind of read asks and how it reads its answers.
 struct Kind<T> {
     sql: &'static str,
-    /// Whether the statement takes each order's subject in the log, for its timeline.
-    subjects: bool,
     decode: fn(&PgRow) -> Result<T, StoreError>,
 }
 
@@ -84,13 +80,11 @@ impl<T> Copy for Kind<T> {}
 
 const ORDERS: Kind<OrderRecord> = Kind {
     sql: SELECT_ORDERS,
-    subjects: false,
     decode: order_record,
 };
 
 const ORDERS_AND_TIMELINES: Kind<OrderAndTimeline> = Kind {
     sql: SELECT_ORDERS_AND_TIMELINES,
-    subjects: true,
     decode: order_and_timeline,
 };
 
@@ -153,26 +147,24 @@ async fn ask<T>(
 /// Reads a batch in one statement and answers each read. Should the statement fail (the
 /// connection, most likely), each read is made again on its own and answered with its own
 /// outcome, as it would have been without the batch.
-async fn read_batch<T: Send + 'static>(pool: &PgPool, kind: Kind<T>, batch: Vec<Wanted<T>>) {
+async fn read_batch<T: Send + 'static>(pool: &PgPool, kind: Kind<T>, mut batch: Vec<Wanted<T>>) {
     metrics::histogram!("tally_order_read_batch_size").record(batch.len() as f64);
-    if batch.len() == 1 {
-        for wanted in batch {
-            read_one(pool, kind, wanted).await;
-        }
-        return;
+    if batch.len() == 1
+        && let Some(wanted) = batch.pop()
+    {
+        return read_one(pool, kind, wanted).await;
     }
-    match fetch(pool, kind, &batch).await {
-        Ok(rows) => answer(kind, batch, &rows),
-        Err(error) => {
-            tracing::debug!(%error, reads = batch.len(), "an order read batch failed; reading each on its own");
-            let mut reads = tokio::task::JoinSet::new();
-            for wanted in batch {
-                let pool = pool.clone();
-                reads.spawn(async move { read_one(&pool, kind, wanted).await });
-            }
-            while reads.join_next().await.is_some() {}
-        }
+    let error = match fetch(pool, kind, &batch).await {
+        Ok(rows) => return answer(kind, batch, &rows),
+        Err(error) => error,
+    };
+    tracing::debug!(%error, reads = batch.len(), "an order read batch failed; reading each on its own");
+    let mut reads = tokio::task::JoinSet::new();
+    for wanted in batch {
+        let pool = pool.clone();
+        reads.spawn(async move { read_one(&pool, kind, wanted).await });
     }
+    while reads.join_next().await.is_some() {}
 }
 
 async fn read_one<T>(pool: &PgPool, kind: Kind<T>, wanted: Wanted<T>) {
@@ -191,11 +183,6 @@ async fn fetch<T>(
     let query = sqlx::query(kind.sql)
         .bind(batch.iter().map(|w| w.tenant.as_uuid()).collect::<Vec<_>>())
         .bind(batch.iter().map(|w| w.id.as_uuid()).collect::<Vec<_>>());
-    let query = if kind.subjects {
-        query.bind(batch.iter().map(|w| w.id.to_string()).collect::<Vec<_>>())
-    } else {
-        query
-    };
     Ok(query.fetch_all(pool).await?)
 }
 

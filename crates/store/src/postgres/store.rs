@@ -879,8 +879,7 @@ impl Store for PgStore {
 pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
-/// An order with its timeline (the events whose subject is `$3`, the order's id) as arrays in
-/// `seq` order, NULL when it has none.
+/// Every column of an order but its tenant, for `order_record`.
 pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
 
 pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
