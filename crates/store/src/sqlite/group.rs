@@ -16,7 +16,9 @@
 //! Passing the writer from task to task costs more than many a member's statements: the next
 //! holder waits for the runtime to run it. So work whose statements are all known before it
 //! takes the writer is a *job* ([`Writer::run`]): it queues, and whoever takes the writer next
-//! runs every queued job, each a member in a savepoint of its own, before its own work.
+//! runs every queued job before its own work. Jobs queued together run back to back in one
+//! savepoint and join the group as members together; only when one of them fails, or keeps
+//! nothing after writing, do they run again each in a savepoint of its own.
 //!
 //! What a command relies on is unchanged: its writes are atomic, readers see them only after
 //! its commit returned, and a commit that returned is durable. A member sees the writes of the
@@ -151,9 +153,9 @@ impl Writer {
         value.ok_or_else(|| StoreError::Corrupt("a queued job did not run".into()))
     }
 
-    /// Runs `job` as a member of its own and returns, once its group committed, whether it
+    /// Runs `job` as a member of the group and returns, once the group committed, whether it
     /// kept its writes. The job queues, and whoever takes the writer next runs every queued
-    /// job back to back, each in its own savepoint, before its own work: one hold of the
+    /// job back to back, in one savepoint when it can, before its own work: one hold of the
     /// writer for them all, where members each taking it would pass it from task to task,
     /// tens of microseconds each time, while the next holder waits for the runtime to run it.
     pub(crate) async fn run(&self, job: Job) -> Result<bool, StoreError> {
