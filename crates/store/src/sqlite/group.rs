@@ -16,9 +16,7 @@
 //! Passing the writer from task to task costs more than many a member's statements: the next
 //! holder waits for the runtime to run it. So work whose statements are all known before it
 //! takes the writer is a *job* ([`Writer::run`]): it queues, and whoever takes the writer next
-//! runs every queued job before its own work. Jobs queued together run back to back in one
-//! savepoint and join the group as members together; only when one of them fails, or keeps
-//! nothing after writing, do they run again each in a savepoint of its own.
+//! runs every queued job, each a member in a savepoint of its own, before its own work.
 //!
 //! What a command relies on is unchanged: its writes are atomic, readers see them only after
 //! its commit returned, and a commit that returned is durable. A member sees the writes of the
@@ -66,10 +64,8 @@ pub(crate) struct Writer {
 }
 
 /// Work whose statements are all known before it takes the writer: it runs on the writer
-/// connection and answers whether to keep what it wrote. Jobs queued together run in one
-/// savepoint (see [`run_together`]); a job may run a second time, in a savepoint of its own,
-/// so it must come to the same answer when run again on the same rows.
-pub(crate) type Job = Box<dyn FnMut(&Connection) -> Result<bool, StoreError> + Send>;
+/// connection inside a savepoint of its own and answers whether to keep what it wrote.
+pub(crate) type Job = Box<dyn FnOnce(&Connection) -> Result<bool, StoreError> + Send>;
 
 /// A job in the queue, with where to say what became of it.
 struct Queued {
@@ -139,7 +135,7 @@ impl Writer {
     /// answers whether to keep its writes, and what to return.
     pub(crate) async fn answer<T: Send + 'static>(
         &self,
-        mut job: impl FnMut(&Connection) -> Result<(bool, T), StoreError> + Send + 'static,
+        job: impl FnOnce(&Connection) -> Result<(bool, T), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let answer = Arc::new(std::sync::Mutex::new(None));
         let slot = Arc::clone(&answer);
@@ -153,9 +149,9 @@ impl Writer {
         value.ok_or_else(|| StoreError::Corrupt("a queued job did not run".into()))
     }
 
-    /// Runs `job` as a member of the group and returns, once the group committed, whether it
+    /// Runs `job` as a member of its own and returns, once its group committed, whether it
     /// kept its writes. The job queues, and whoever takes the writer next runs every queued
-    /// job back to back, in one savepoint when it can, before its own work: one hold of the
+    /// job back to back, each in its own savepoint, before its own work: one hold of the
     /// writer for them all, where members each taking it would pass it from task to task,
     /// tens of microseconds each time, while the next holder waits for the runtime to run it.
     pub(crate) async fn run(&self, job: Job) -> Result<bool, StoreError> {
@@ -183,38 +179,21 @@ impl Writer {
         }
     }
 
-    /// Runs every queued job, in the order they queued: those queued together in one savepoint
-    /// when they can be, else each in its own.
+    /// Runs every queued job, in the order they queued.
     fn drain(&self, guard: &mut Held) {
         loop {
-            let mut batch: Vec<Queued> = self
+            let next = self
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .drain(..)
-                .collect();
-            if batch.is_empty() {
+                .pop_front();
+            let Some(Queued { job, ran }) = next else {
                 return;
-            }
-            let together = if batch.len() > 1 {
-                run_together(guard, &self.group, &mut batch)
-            } else {
-                None
             };
-            match together {
-                // A caller that gave up waiting leaves the job as it ran, like a member whose
-                // caller stopped waiting for its commit.
-                Some(answers) => {
-                    for (queued, ran) in batch.into_iter().zip(answers) {
-                        let _ = queued.ran.send(ran);
-                    }
-                }
-                None => {
-                    for Queued { job, ran } in batch {
-                        let _ = ran.send(run_job(guard, &self.group, job));
-                    }
-                }
-            }
+            let outcome = run_job(guard, &self.group, job);
+            // A caller that gave up waiting leaves the job as it ran, like a member whose
+            // caller stopped waiting for its commit.
+            let _ = ran.send(outcome);
         }
     }
 
@@ -271,7 +250,7 @@ impl Member {
         if guard.open.is_none() {
             return Err(StoreError::Corrupt("a member outlived its group".into()));
         }
-        let outcome = join(&mut guard, &self.group, 1)?;
+        let outcome = join(&mut guard, &self.group)?;
         drop(guard);
         outcome_of(outcome).await
     }
@@ -320,12 +299,10 @@ fn enter(guard: &mut Held) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Releases the open savepoint into the group as `count` members (the jobs run together in it,
-/// or one command); what the group's commit comes to.
+/// Releases the open member's savepoint into the group; what the group's commit comes to.
 fn join(
     guard: &mut Held,
     group: &Arc<Mutex<Group>>,
-    count: u32,
 ) -> Result<watch::Receiver<Outcome>, StoreError> {
     if guard.open.is_none() {
         return Err(StoreError::Corrupt("a member outlived its group".into()));
@@ -342,12 +319,11 @@ fn join(
     let Some(open) = guard.open.as_mut() else {
         return Err(StoreError::Corrupt("a member outlived its group".into()));
     };
-    let first = open.members == 0;
-    open.members += count;
+    open.members += 1;
     let outcome = open.outcome.subscribe();
     if open.members >= GROUP_COUNT_MAX {
         commit_group(guard);
-    } else if first {
+    } else if open.members == 1 {
         // The first member in: it queues the group's committer.
         let (group, generation) = (Arc::clone(group), open.generation);
         tokio::spawn(async move {
@@ -365,71 +341,8 @@ fn join(
     Ok(outcome)
 }
 
-/// Runs queued jobs back to back in one savepoint, so that they frame no savepoint each: a
-/// savepoint costs two statements, and SQLite copies every page a member changes into the
-/// savepoint's journal first, which a page changed by several jobs of the batch then pays
-/// once. A job that keeps nothing must have written nothing (the effects check before they
-/// write); the jobs that keep their writes join the group as members, released together.
-///
-/// `None`, with nothing of the batch left in the group, when the batch must run job by job
-/// instead: a job failed, or one that kept nothing had written rows, which only a savepoint of
-/// its own can undo while keeping the others'. Each job then runs again, on the rows it first
-/// ran on, and comes to the answer it would have come to alone.
-fn run_together(
-    guard: &mut Held,
-    group: &Arc<Mutex<Group>>,
-    batch: &mut [Queued],
-) -> Option<Vec<Ran>> {
-    enter(guard).ok()?;
-    let members_before = guard.open.as_ref().map_or(0, |open| open.members);
-    let mut kept = Vec::with_capacity(batch.len());
-    for queued in batch.iter_mut() {
-        let changes = guard.connection.total_changes();
-        match (queued.job)(&guard.connection) {
-            Ok(true) => kept.push(true),
-            Ok(false) if guard.connection.total_changes() == changes => kept.push(false),
-            Ok(false) | Err(_) => {
-                undo(guard);
-                return None;
-            }
-        }
-    }
-    let count = u32::try_from(kept.iter().filter(|kept| **kept).count()).unwrap_or(u32::MAX);
-    let outcome = if count == 0 {
-        undo(guard)
-    } else {
-        match join(guard, group, count) {
-            Ok(outcome) => Some(outcome),
-            Err(error) => {
-                let error = error.to_string();
-                return Some(
-                    kept.iter()
-                        .map(|_| Ran::Failed(StoreError::CommitFailed(error.clone())))
-                        .collect(),
-                );
-            }
-        }
-    };
-    // A job that kept nothing may have decided on the writes of the members before it, in
-    // the group or in the batch: it waits for their outcome, as it would alone.
-    let mut before = members_before > 0;
-    Some(
-        kept.into_iter()
-            .map(|kept| {
-                let ran = match (&outcome, kept) {
-                    (Some(outcome), true) => Ran::Kept(outcome.clone()),
-                    (Some(outcome), false) if before => Ran::Undone(Some(outcome.clone())),
-                    _ => Ran::Undone(None),
-                };
-                before |= kept;
-                ran
-            })
-            .collect(),
-    )
-}
-
 /// Runs a queued job as a member: kept in the group, or undone.
-fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, mut job: Job) -> Ran {
+fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, job: Job) -> Ran {
     if let Err(error) = enter(guard) {
         return Ran::Failed(error);
     }
@@ -443,7 +356,7 @@ fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, mut job: Job) -> Ran {
     if !kept {
         return Ran::Undone(undo(guard));
     }
-    match join(guard, group, 1) {
+    match join(guard, group) {
         Ok(outcome) => Ran::Kept(outcome),
         Err(error) => Ran::Failed(error),
     }
@@ -606,7 +519,6 @@ fn end_transaction(connection: &Connection) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use super::super::sql;
@@ -792,149 +704,6 @@ mod tests {
             .fetch_all_scalar(member.connection().expect("connection"))
             .expect("read");
         assert_eq!(stored, expected);
-        member.commit().await.expect("commit");
-    }
-
-    /// A job that counts its runs: inserts parent `id` and keeps it, keeps nothing and writes
-    /// nothing (`Ok(false)`, as an effect applied before), or fails.
-    fn counted_job(id: i64, end: Result<bool, ()>, runs: &Arc<AtomicUsize>) -> Job {
-        let runs = Arc::clone(runs);
-        Box::new(move |connection| {
-            runs.fetch_add(1, Ordering::SeqCst);
-            if end == Ok(true) {
-                sql::query("INSERT INTO parent (id) VALUES (?)")
-                    .bind(id)
-                    .execute(connection)?;
-            }
-            end.map_err(|()| StoreError::Corrupt("the job fails".into()))
-        })
-    }
-
-    /// Queues `jobs` while a member holds the writer, then commits the member, so that the
-    /// next drain finds them all queued; what each job's call answered, in order.
-    async fn queue_together(writer: &Writer, jobs: Vec<Job>) -> Vec<Result<bool, StoreError>> {
-        let holder = member_with_parent(writer).await;
-        let count = jobs.len();
-        let mut calls = Vec::new();
-        for job in jobs {
-            let queuing = writer.clone();
-            calls.push(tokio::spawn(async move { queuing.run(job).await }));
-            // One at a time, so that they queue in this order.
-            let queued = calls.len();
-            while writer.queue.lock().expect("queue").len() < queued {
-                tokio::task::yield_now().await;
-            }
-        }
-        assert_eq!(writer.queue.lock().expect("queue").len(), count);
-        holder.commit().await.expect("commit");
-        let mut answers = Vec::new();
-        for call in calls {
-            answers.push(call.await.expect("join"));
-        }
-        answers
-    }
-
-    /// Jobs queued together run once each, in one savepoint: the ones that keep their rows
-    /// are stored, the one that keeps nothing (and wrote nothing) answers so.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn jobs_queued_together_run_once_in_one_savepoint() {
-        let dir = tempfile::tempdir().expect("dir");
-        let writer = writer(&dir);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let answers = queue_together(
-            &writer,
-            vec![
-                counted_job(10, Ok(true), &runs),
-                counted_job(11, Ok(false), &runs),
-                counted_job(12, Ok(true), &runs),
-            ],
-        )
-        .await;
-        let answers: Vec<bool> = answers.into_iter().map(|a| a.expect("run")).collect();
-        assert_eq!(answers, vec![true, false, true]);
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "each job ran once");
-        let member = writer.begin().await.expect("begin");
-        let stored: Vec<i64> = sql::query("SELECT id FROM parent ORDER BY id")
-            .fetch_all_scalar(member.connection().expect("connection"))
-            .expect("read");
-        assert_eq!(stored, vec![1, 10, 12]);
-        member.commit().await.expect("commit");
-    }
-
-    /// A job that fails among jobs queued together undoes the batch's savepoint: the jobs
-    /// before it run again, each in a savepoint of its own, and every job answers what it
-    /// would have answered alone. A job that keeps nothing after writing is undone alone too.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_job_sends_the_jobs_queued_with_it_one_by_one() {
-        let dir = tempfile::tempdir().expect("dir");
-        let writer = writer(&dir);
-        let first = Arc::new(AtomicUsize::new(0));
-        let failing = Arc::new(AtomicUsize::new(0));
-        let after = Arc::new(AtomicUsize::new(0));
-        let answers = queue_together(
-            &writer,
-            vec![
-                counted_job(20, Ok(true), &first),
-                counted_job(21, Err(()), &failing),
-                insert_parent(22, Ok(false)),
-                counted_job(23, Ok(true), &after),
-            ],
-        )
-        .await;
-        assert!(matches!(answers[0], Ok(true)), "{:?}", answers[0]);
-        assert!(
-            matches!(answers[1], Err(StoreError::Corrupt(_))),
-            "{:?}",
-            answers[1]
-        );
-        assert!(matches!(answers[2], Ok(false)), "{:?}", answers[2]);
-        assert!(matches!(answers[3], Ok(true)), "{:?}", answers[3]);
-        assert_eq!(
-            first.load(Ordering::SeqCst),
-            2,
-            "run together, then again alone"
-        );
-        assert_eq!(failing.load(Ordering::SeqCst), 2);
-        assert_eq!(after.load(Ordering::SeqCst), 1, "never reached together");
-        let member = writer.begin().await.expect("begin");
-        let stored: Vec<i64> = sql::query("SELECT id FROM parent ORDER BY id")
-            .fetch_all_scalar(member.connection().expect("connection"))
-            .expect("read");
-        assert_eq!(stored, vec![1, 20, 23]);
-        member.commit().await.expect("commit");
-    }
-
-    /// A job that wrote rows and keeps nothing, among jobs queued together, cannot be undone
-    /// alone in their savepoint: the batch is undone and runs job by job, and only the rows of
-    /// the jobs that keep theirs are stored.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_job_that_wrote_and_keeps_nothing_is_undone_alone() {
-        let dir = tempfile::tempdir().expect("dir");
-        let writer = writer(&dir);
-        let first = Arc::new(AtomicUsize::new(0));
-        let last = Arc::new(AtomicUsize::new(0));
-        let answers = queue_together(
-            &writer,
-            vec![
-                counted_job(30, Ok(true), &first),
-                insert_parent(31, Ok(false)),
-                counted_job(32, Ok(true), &last),
-            ],
-        )
-        .await;
-        let answers: Vec<bool> = answers.into_iter().map(|a| a.expect("run")).collect();
-        assert_eq!(answers, vec![true, false, true]);
-        assert_eq!(
-            first.load(Ordering::SeqCst),
-            2,
-            "run together, then again alone"
-        );
-        assert_eq!(last.load(Ordering::SeqCst), 1);
-        let member = writer.begin().await.expect("begin");
-        let stored: Vec<i64> = sql::query("SELECT id FROM parent ORDER BY id")
-            .fetch_all_scalar(member.connection().expect("connection"))
-            .expect("read");
-        assert_eq!(stored, vec![1, 30, 32]);
         member.commit().await.expect("commit");
     }
 

@@ -226,17 +226,18 @@ pub(super) fn insert_audit(
 /// Stores a prepared effect on the writer connection, as one queued job of the writer: the
 /// statements of [`crate::effect::write_in`], run without a task switch between them. Whether
 /// to keep what it wrote, and the outcome.
-///
-/// Everything that decides the outcome is read before anything is written, so that an effect
-/// that stores nothing has written nothing: the writer runs the effects queued together in one
-/// savepoint, and only a savepoint of its own could undo one effect's rows alone
-/// (`group::run_together`).
 pub(super) fn write_effect(
     connection: &Connection,
     effect: &PreparedEffect,
 ) -> Result<(bool, EffectOutcome), StoreError> {
     let change = &effect.change;
-    let outcome = if once_recorded(connection, &effect.once)? {
+    let first = match &effect.once {
+        Once::Inbox { group, event } => insert_inbox(connection, group, *event, change.at)?,
+        Once::Webhook { source, delivery } => {
+            insert_webhook_delivery(connection, source, delivery, change.at)?
+        }
+    };
+    let outcome = if !first {
         EffectOutcome::AlreadyApplied
     } else if !order_still(
         connection,
@@ -246,20 +247,7 @@ pub(super) fn write_effect(
         &change.expected_saga,
     )? {
         return Ok((false, EffectOutcome::OrderChanged));
-    } else if let Some(movement) = refused_move(connection, change.tenant, &change.stock)? {
-        return Ok((false, crate::effect::refusal(movement)?));
     } else {
-        let recorded = match &effect.once {
-            Once::Inbox { group, event } => insert_inbox(connection, group, *event, change.at)?,
-            Once::Webhook { source, delivery } => {
-                insert_webhook_delivery(connection, source, delivery, change.at)?
-            }
-        };
-        if !recorded {
-            return Err(StoreError::Corrupt(
-                "an effect's once-row appeared between its check and its insert".into(),
-            ));
-        }
         update_order(
             connection,
             change.tenant,
@@ -276,10 +264,7 @@ pub(super) fn write_effect(
         for movement in &change.stock {
             let delta = crate::stock::delta(movement.kind, movement.quantity);
             if !shift_stock(connection, change.tenant, delta, movement)? {
-                return Err(StoreError::Corrupt(format!(
-                    "stock row {}@{} refused a move checked against it",
-                    movement.sku, movement.location
-                )));
+                return Ok((false, crate::effect::refusal(movement)?));
             }
         }
         EffectOutcome::Written
@@ -289,65 +274,6 @@ pub(super) fn write_effect(
         return Ok((true, outcome));
     }
     Ok((outcome == EffectOutcome::Written, outcome))
-}
-
-/// Whether the row that makes an effect once is there: the effect was applied before.
-fn once_recorded(connection: &Connection, once: &Once) -> Result<bool, StoreError> {
-    let row = match once {
-        Once::Inbox { group, event } => {
-            sql::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
-                .bind(*group)
-                .bind(event.as_uuid())
-                .fetch_optional(connection)?
-        }
-        Once::Webhook { source, delivery } => {
-            sql::query("SELECT 1 FROM webhook_deliveries WHERE source = ? AND delivery_id = ?")
-                .bind(*source)
-                .bind(delivery.as_str())
-                .fetch_optional(connection)?
-        }
-    };
-    Ok(row.is_some())
-}
-
-/// The first of `moves` that its stock row would refuse (there is no row, or the move would
-/// take its reserved or available units below zero), counting the moves before it on the same
-/// row: the guard of [`shift_stock`], checked before any of them is made.
-fn refused_move<'m>(
-    connection: &Connection,
-    tenant: TenantId,
-    moves: &'m [StockMovement],
-) -> Result<Option<&'m StockMovement>, StoreError> {
-    let mut checked: Vec<(&StockMovement, StockLevel)> = Vec::with_capacity(moves.len());
-    for movement in moves {
-        let row = sql::query(
-            "SELECT on_hand, reserved FROM stock_levels WHERE tenant_id = ? AND sku = ? AND location = ?",
-        )
-        .bind(tenant.as_uuid())
-        .bind(&movement.sku)
-        .bind(&movement.location)
-        .fetch_optional(connection)?;
-        let Some(row) = row else {
-            return Ok(Some(movement));
-        };
-        let mut level = StockLevel {
-            on_hand: row.try_get("on_hand")?,
-            reserved: row.try_get("reserved")?,
-        };
-        for (before, delta) in &checked {
-            if before.sku == movement.sku && before.location == movement.location {
-                level.on_hand += delta.on_hand;
-                level.reserved += delta.reserved;
-            }
-        }
-        let delta = crate::stock::delta(movement.kind, movement.quantity);
-        let reserved = level.reserved + delta.reserved;
-        if reserved < 0 || level.on_hand + delta.on_hand - reserved < 0 {
-            return Ok(Some(movement));
-        }
-        checked.push((movement, delta));
-    }
-    Ok(None)
 }
 
 /// The stock rows of `skus`, by SKU and location.
