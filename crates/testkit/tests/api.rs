@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 tally_testkit::store_tests!(
     product_and_stock_happy_path,
+    stock_reads_find_every_location_of_each_sku,
     order_happy_path,
     order_reads_agree_with_their_timeline,
     concurrent_reads_find_each_their_own_order,
@@ -239,6 +240,57 @@ async fn product_and_stock_happy_path(engine: Engine) {
     let untouched = inventory(&app, "CUP-L").await;
     assert_eq!(untouched["on_hand"], 0);
     assert_eq!(untouched["locations"], json!([]));
+    app.stop().await;
+}
+
+/// The stock the saga plans a reservation on: every location of each SKU asked (a line that
+/// fits only the second location must find it), each SKU once however often it is asked, none
+/// of another tenant's rows, nothing for a SKU without stock, in (SKU, location) order.
+async fn stock_reads_find_every_location_of_each_sku(engine: Engine) {
+    let app = spawn_app(engine).await;
+    app.create_product("Mugs", &[("MUG-1", 1200), ("MUG-2", 1300), ("MUG-3", 1400)])
+        .await;
+    adjusted(&app, "MUG-1", "wh-b", 5).await;
+    adjusted(&app, "MUG-1", "wh-a", 1).await;
+    adjusted(&app, "MUG-2", "wh-a", 2).await;
+    let (other, other_key) = app.other_tenant(&Scope::ALL).await;
+    let body = json!({"name": "Mug", "variants": [{"sku": "MUG-1", "prices": {"USD": 1500}}]});
+    first_time(
+        post_as(&app, &other_key, PRODUCTS, &fresh_key(), &body),
+        201,
+    )
+    .await;
+    let theirs = json!({"sku": "MUG-1", "location": "wh-c", "delta": 9});
+    ok(
+        post_as(&app, &other_key, ADJUSTMENTS, &fresh_key(), &theirs),
+        200,
+    )
+    .await;
+
+    let asked = ["MUG-2", "MUG-1", "MUG-3", "MUG-1", "NOPE-1"].map(str::to_owned);
+    let rows = app
+        .store()
+        .read_stock(app.tenant, &asked)
+        .await
+        .expect("read");
+    let levels: Vec<_> = rows
+        .iter()
+        .map(|row| (row.sku.as_str(), row.location.as_str(), row.level.on_hand))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            ("MUG-1", "wh-a", 1),
+            ("MUG-1", "wh-b", 5),
+            ("MUG-2", "wh-a", 2)
+        ]
+    );
+    let rows = app.store().read_stock(other, &asked).await.expect("read");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].location.as_str(), rows[0].level.on_hand),
+        ("wh-c", 9)
+    );
     app.stop().await;
 }
 

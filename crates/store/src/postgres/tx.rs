@@ -69,14 +69,40 @@ fn stock_row(row: &PgRow) -> Result<LockedStock, StoreError> {
     })
 }
 
-/// A variant's prices, probed SKU by SKU. Asked as `sku = ANY($2)`, a hundred SKUs or more (an
+/// The SKUs a statement asks for (`$2`, each once), each joined to a lateral subquery that
+/// probes the tenant's key for it (`$1`). Asked as `sku = ANY($2)`, a hundred SKUs or more (an
 /// order may have 100 lines) let the planner use the key for the tenant alone and test its whole
 /// catalog against the array (11.8 ms for 200 SKUs of a 50,000-variant catalog, where probes take
-/// under 1 ms); a lateral subquery with a limit is never flattened into a join, so each SKU is
-/// one probe of the key whatever the statistics say.
-const SELECT_PRICES: &str = "SELECT v.sku, v.prices FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w \
-     CROSS JOIN LATERAL (SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = w.sku \
-     LIMIT 1) AS v";
+/// under 1 ms); a lateral subquery with a `LIMIT` or `OFFSET` is never flattened into a join, so
+/// each SKU is one probe of the key whatever the statistics say.
+macro_rules! each_wanted_sku {
+    () => {
+        "(SELECT DISTINCT unnest($2::text[]) AS sku) AS w CROSS JOIN LATERAL"
+    };
+}
+
+/// A variant's prices, by SKU.
+const SELECT_PRICES: &str = concat!(
+    "SELECT v.sku, v.prices FROM ",
+    each_wanted_sku!(),
+    " (SELECT sku, prices FROM variants WHERE tenant_id = $1 AND sku = w.sku LIMIT 1) AS v"
+);
+
+/// The SKUs the catalog has, in order.
+const SELECT_EXISTING_SKUS: &str = concat!(
+    "SELECT v.sku FROM ",
+    each_wanted_sku!(),
+    " (SELECT sku FROM variants WHERE tenant_id = $1 AND sku = w.sku LIMIT 1) AS v ORDER BY v.sku"
+);
+
+/// Every stock row of the SKUs, by SKU and location: a row per location, so `OFFSET 0` rather
+/// than a limit keeps the subquery apart.
+const SELECT_STOCK: &str = concat!(
+    "SELECT s.sku, s.location, s.on_hand, s.reserved FROM ",
+    each_wanted_sku!(),
+    " (SELECT sku, location, on_hand, reserved FROM stock_levels WHERE tenant_id = $1 \
+     AND sku = w.sku OFFSET 0) AS s ORDER BY s.sku, s.location"
+);
 
 /// The stock rows of `skus`, by SKU and location.
 pub(super) async fn read_stock<'e>(
@@ -84,17 +110,11 @@ pub(super) async fn read_stock<'e>(
     tenant: TenantId,
     skus: &[String],
 ) -> Result<Vec<LockedStock>, StoreError> {
-    let rows = sqlx::query(
-        // Probed SKU by SKU (see `SELECT_PRICES`); `OFFSET 0` keeps the planner from making the
-        // lateral subquery, which yields a row per location, into a join it may plan otherwise.
-        "SELECT s.sku, s.location, s.on_hand, s.reserved FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w \
-         CROSS JOIN LATERAL (SELECT sku, location, on_hand, reserved FROM stock_levels \
-         WHERE tenant_id = $1 AND sku = w.sku OFFSET 0) AS s ORDER BY s.sku, s.location",
-    )
-    .bind(tenant.as_uuid())
-    .bind(skus)
-    .fetch_all(executor)
-    .await?;
+    let rows = sqlx::query(SELECT_STOCK)
+        .bind(tenant.as_uuid())
+        .bind(skus)
+        .fetch_all(executor)
+        .await?;
     rows.iter().map(stock_row).collect()
 }
 
@@ -161,15 +181,11 @@ impl Tx for PgTx {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<Vec<Sku>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT v.sku FROM (SELECT DISTINCT unnest($2::text[]) AS sku) AS w CROSS JOIN LATERAL \
-             (SELECT sku FROM variants WHERE tenant_id = $1 AND sku = w.sku LIMIT 1) AS v \
-             ORDER BY v.sku",
-        )
-        .bind(tenant.as_uuid())
-        .bind(sku_strings(skus))
-        .fetch_all(&mut *self.tx)
-        .await?;
+        let rows: Vec<String> = sqlx::query_scalar(SELECT_EXISTING_SKUS)
+            .bind(tenant.as_uuid())
+            .bind(sku_strings(skus))
+            .fetch_all(&mut *self.tx)
+            .await?;
         rows.iter()
             .map(|sku| Sku::parse(sku).map_err(|e| corrupt("sku", e)))
             .collect()
