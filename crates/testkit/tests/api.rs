@@ -253,19 +253,7 @@ async fn stock_reads_find_every_location_of_each_sku(engine: Engine) {
     adjusted(&app, "MUG-1", "wh-b", 5).await;
     adjusted(&app, "MUG-1", "wh-a", 1).await;
     adjusted(&app, "MUG-2", "wh-a", 2).await;
-    let (other, other_key) = app.other_tenant(&Scope::ALL).await;
-    let body = json!({"name": "Mug", "variants": [{"sku": "MUG-1", "prices": {"USD": 1500}}]});
-    first_time(
-        post_as(&app, &other_key, PRODUCTS, &fresh_key(), &body),
-        201,
-    )
-    .await;
-    let theirs = json!({"sku": "MUG-1", "location": "wh-c", "delta": 9});
-    ok(
-        post_as(&app, &other_key, ADJUSTMENTS, &fresh_key(), &theirs),
-        200,
-    )
-    .await;
+    let (other, _) = other_tenant_with_mugs(&app, 1500, "wh-c", 9).await;
 
     let asked = ["MUG-2", "MUG-1", "MUG-3", "MUG-1", "NOPE-1"].map(str::to_owned);
     let rows = app
@@ -292,6 +280,22 @@ async fn stock_reads_find_every_location_of_each_sku(engine: Engine) {
         ("wh-c", 9)
     );
     app.stop().await;
+}
+
+/// Another tenant, with its own product of SKU "MUG-1" at `price` and `units` of it at
+/// `location`; its id and key.
+async fn other_tenant_with_mugs(
+    app: &TestApp,
+    price: i64,
+    location: &str,
+    units: i64,
+) -> (TenantId, String) {
+    let (other, key) = app.other_tenant(&Scope::ALL).await;
+    let product = json!({"name": "Mug", "variants": [{"sku": "MUG-1", "prices": {"USD": price}}]});
+    first_time(post_as(app, &key, PRODUCTS, &fresh_key(), &product), 201).await;
+    let stock = json!({"sku": "MUG-1", "location": location, "delta": units});
+    ok(post_as(app, &key, ADJUSTMENTS, &fresh_key(), &stock), 200).await;
+    (other, key)
 }
 
 /// An order is priced from the catalog (the client sends no price), answered 201 with a
@@ -400,19 +404,7 @@ async fn concurrent_reads_find_each_their_own_order(engine: Engine) {
     let app = Arc::new(spawn_app(engine).await);
     app.create_product("Mug", &[("MUG-1", 1200)]).await;
     adjusted(&app, "MUG-1", "wh-1", 100).await;
-    let (other, other_key) = app.other_tenant(&Scope::ALL).await;
-    let product = json!({"name": "Mug", "variants": [{"sku": "MUG-1", "prices": {"USD": 900}}]});
-    first_time(
-        post_as(&app, &other_key, PRODUCTS, &fresh_key(), &product),
-        201,
-    )
-    .await;
-    let stock = json!({"sku": "MUG-1", "location": "wh-1", "delta": 100});
-    ok(
-        post_as(&app, &other_key, ADJUSTMENTS, &fresh_key(), &stock),
-        200,
-    )
-    .await;
+    let (other, other_key) = other_tenant_with_mugs(&app, 900, "wh-1", 100).await;
     let mut orders = Vec::new();
     for i in 0..12 {
         let (tenant, key) = if i % 3 == 2 {
