@@ -1,15 +1,17 @@
-//! The embedded engine: one SQLite file in WAL mode with `synchronous=FULL`, so a commit that
-//! returned survives a power cut.
+//! The embedded engine: one SQLite file in WAL mode, flushed to disk before a commit returns,
+//! so a commit that returned survives a power cut.
 //!
 //! SQLite allows one writer at a time, so the store keeps exactly one writer connection (commands
 //! queue for it instead of spinning on `SQLITE_BUSY`) and a pool of readers that WAL lets run
 //! beside the writer. Commands that queue for the writer together commit together (see
-//! [`group`]), so the disk's latency is paid once per group, not once per command. Because writes are serialized, the order in which events are
-//! inserted is their commit order: an event's position is given when it is inserted, and the
-//! log is gap-free by construction.
+//! [`group`]), so the disk's latency is paid once per group, not once per command, and the
+//! writer is not held while the disk confirms a group (see [`group::Durability`]): what
+//! `synchronous=FULL` does inside each `COMMIT`, the store does after it. Because writes are
+//! serialized, the order in which events are inserted is their commit order: an event's
+//! position is given when it is inserted, and the log is gap-free by construction.
 //!
 //! Statements run on the calling thread (see [`sql`]): they take microseconds. So does a
-//! group's commit, which waits for the disk: see [`group`] for why it does not step aside.
+//! group's `COMMIT`, which writes to the operating system's cache; the flush runs aside.
 
 mod checkpoint;
 mod group;
@@ -88,15 +90,21 @@ impl SqliteStore {
             "wal_autocheckpoint",
             checkpoint::WRITER_CHECKPOINT_PAGES,
         )?;
+        // Each group's commit is flushed by the store after the writer is free again (see
+        // `group::Durability`); the checkpoint thread's connection keeps `FULL`, so the log is
+        // flushed before a checkpoint copies it into the database file.
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        let durability = Arc::new(group::Durability::new(&path));
         let checkpointer = checkpoint::Checkpointer::start(path.clone())?;
         let partitions: i64 =
             sql::query("SELECT partitions FROM log_head WHERE id = 1").fetch_scalar(&writer)?;
         let partitions =
             u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
         Ok(Self {
-            writer: group::Writer::new(writer),
+            writer: group::Writer::new(writer, Arc::clone(&durability)),
             readers: Arc::new(Readers {
                 path,
+                durability,
                 idle: Mutex::new(Vec::new()),
                 idle_max: usize::try_from(options.connections_max.max(1)).unwrap_or(usize::MAX),
             }),
@@ -106,9 +114,10 @@ impl SqliteStore {
         })
     }
 
-    /// A reader connection for one call, back to the pool when dropped.
-    fn reader(&self) -> Result<Reader<'_>, StoreError> {
-        self.readers.get()
+    /// A reader connection for one call, back to the pool when dropped, inside a read
+    /// transaction: every read made through it sees one snapshot, of durable writes only.
+    async fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        self.readers.get().await
     }
 }
 
@@ -149,16 +158,19 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
 
 /// Read-only connections, opened on demand and kept for reuse. A reader is held only for the
 /// statements of one call, which never wait on anything else, so the pool never makes a caller
-/// wait; it keeps at most `idle_max` connections between calls.
+/// wait (beginning a snapshot may wait for a group's flush, see [`group::Durability`]); it
+/// keeps at most `idle_max` connections between calls.
 #[derive(Debug)]
 struct Readers {
     path: PathBuf,
+    durability: Arc<group::Durability>,
     idle: Mutex<Vec<Connection>>,
     idle_max: usize,
 }
 
 impl Readers {
-    fn get(&self) -> Result<Reader<'_>, StoreError> {
+    async fn get(&self) -> Result<Reader<'_>, StoreError> {
+        let visible = self.durability.readable().await?;
         let idle = self
             .idle
             .lock()
@@ -169,6 +181,8 @@ impl Readers {
             Some(connection) if connection.is_autocommit() => connection,
             Some(_) | None => open(&self.path, true)?,
         };
+        group::begin_snapshot(&connection)?;
+        drop(visible);
         Ok(Reader {
             readers: self,
             connection: Some(connection),
@@ -198,6 +212,14 @@ impl Drop for Reader<'_> {
         let Some(connection) = self.connection.take() else {
             return;
         };
+        // Ends the call's read transaction; a connection that cannot is not kept.
+        if connection
+            .prepare_cached("COMMIT")
+            .and_then(|mut end| end.execute([]))
+            .is_err()
+        {
+            return;
+        }
         let mut idle = self
             .readers
             .idle

@@ -31,7 +31,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sql::query("SELECT 1").fetch_scalar::<i64>(&*self.reader()?)?;
+        sql::query("SELECT 1").fetch_scalar::<i64>(&*self.reader().await?)?;
         Ok(())
     }
 
@@ -66,7 +66,7 @@ impl Store for SqliteStore {
             "SELECT id, tenant_id, scopes, revoked_at IS NOT NULL AS revoked FROM api_keys WHERE key_hash = ?",
         )
         .bind(&key_hash[..])
-        .fetch_optional(&*self.reader()?)?;
+        .fetch_optional(&*self.reader().await?)?;
         row.map(|row| {
             Ok(ApiKeyRecord {
                 id: ApiKeyId::from_uuid(row.try_get("id")?),
@@ -86,7 +86,7 @@ impl Store for SqliteStore {
         let row = sql::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
             .bind(tenant.as_uuid())
             .bind(key)
-            .fetch_optional(&*self.reader()?)?;
+            .fetch_optional(&*self.reader().await?)?;
         row.as_ref().map(super::tx::idempotency_record).transpose()
     }
 
@@ -118,7 +118,7 @@ impl Store for SqliteStore {
             sql::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
                 .bind(tenant.as_uuid())
                 .bind(id.as_uuid())
-                .fetch_optional(&*self.reader()?)?
+                .fetch_optional(&*self.reader().await?)?
         else {
             return Ok(None);
         };
@@ -127,7 +127,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_all(&*self.reader()?)?
+        .fetch_all(&*self.reader().await?)?
         .iter()
         .map(|row| {
             let prices: String = row.try_get("prices")?;
@@ -154,7 +154,7 @@ impl Store for SqliteStore {
         let known = sql::query("SELECT 1 FROM variants WHERE tenant_id = ? AND sku = ?")
             .bind(tenant.as_uuid())
             .bind(sku)
-            .fetch_optional(&*self.reader()?)?;
+            .fetch_optional(&*self.reader().await?)?;
         if known.is_none() {
             return Ok(None);
         }
@@ -163,7 +163,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(sku)
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter()
             .map(|row| {
                 Ok(StockRecord {
@@ -182,7 +182,7 @@ impl Store for SqliteStore {
         tenant: TenantId,
         skus: &[String],
     ) -> Result<Vec<LockedStock>, StoreError> {
-        super::tx::read_stock(&*self.reader()?, tenant, skus)
+        super::tx::read_stock(&*self.reader().await?, tenant, skus)
     }
 
     async fn order(
@@ -190,7 +190,7 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderRecord>, StoreError> {
-        order(&*self.reader()?, tenant, id)
+        order(&*self.reader().await?, tenant, id)
     }
 
     async fn timeline(
@@ -198,7 +198,7 @@ impl Store for SqliteStore {
         tenant: TenantId,
         subject: &str,
     ) -> Result<Vec<TimelineEntry>, StoreError> {
-        timeline(&*self.reader()?, tenant, subject)
+        timeline(&*self.reader().await?, tenant, subject)
     }
 
     async fn order_and_timeline(
@@ -206,13 +206,13 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<(OrderRecord, Vec<TimelineEntry>)>, StoreError> {
-        read_snapshot(&*self.reader()?, |connection| {
-            let Some(record) = order(connection, tenant, id)? else {
-                return Ok(None);
-            };
-            let timeline = timeline(connection, tenant, &id.to_string())?;
-            Ok(Some((record, timeline)))
-        })
+        // One reader, so one snapshot for the order and its timeline.
+        let reader = self.reader().await?;
+        let Some(record) = order(&reader, tenant, id)? else {
+            return Ok(None);
+        };
+        let timeline = timeline(&reader, tenant, &id.to_string())?;
+        Ok(Some((record, timeline)))
     }
 
     async fn orders(
@@ -242,7 +242,7 @@ impl Store for SqliteStore {
             .bind(filter.created_before.map(to_micros))
             .bind(filter.before_id.map(|id| id.as_uuid()))
             .bind(i64::from(limit))
-            .fetch_all(&*self.reader()?)?;
+            .fetch_all(&*self.reader().await?)?;
         rows.iter().map(order_record).collect()
     }
 
@@ -268,13 +268,13 @@ impl Store for SqliteStore {
             .bind(i64::from(partition))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&*self.reader()?)?,
+            .fetch_all(&*self.reader().await?)?,
             None => sql::query(&format!(
                 "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
             ))
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&*self.reader()?)?,
+            .fetch_all(&*self.reader().await?)?,
         };
         rows.iter().map(log_event).collect()
     }
@@ -285,7 +285,7 @@ impl Store for SqliteStore {
         )
         .bind(group)
         .bind(i64::from(partition))
-        .fetch_optional_scalar(&*self.reader()?)?;
+        .fetch_optional_scalar(&*self.reader().await?)?;
         Ok(position.unwrap_or(0))
     }
 
@@ -317,7 +317,7 @@ impl Store for SqliteStore {
             sql::query("SELECT max(position) FROM events WHERE partition = ? AND time < ?")
                 .bind(i64::from(partition))
                 .bind(to_micros(time))
-                .fetch_scalar(&*self.reader()?)?;
+                .fetch_scalar(&*self.reader().await?)?;
         Ok(position.unwrap_or(0))
     }
 
@@ -336,7 +336,7 @@ impl Store for SqliteStore {
             .bind(i64::from(partition))
             .bind(group)
             .bind(crate::log::BACKLOG_COUNT_MAX)
-            .fetch_scalar(&*self.reader()?)?;
+            .fetch_scalar(&*self.reader().await?)?;
             backlog += count;
         }
         Ok(backlog)
@@ -370,8 +370,8 @@ impl Store for SqliteStore {
         // canonicalizing and hashing a batch took the writer for milliseconds. The writer then
         // only stores the result, after checking that no other sealer moved a head meanwhile.
         // Rows and heads from one snapshot, so that the heads are those the rows follow.
-        let reader = self.reader()?;
-        let read = read_snapshot(&reader, |reader| {
+        let reader = self.reader().await?;
+        let read = (|reader: &rusqlite::Connection| -> Result<_, StoreError> {
             let rows = sql::query(
                 "SELECT seq, tenant_id, id FROM audit_records WHERE sequence IS NULL ORDER BY seq LIMIT ?",
             )
@@ -407,7 +407,7 @@ impl Store for SqliteStore {
                 }
             }
             Ok((unsealed, heads))
-        });
+        })(&reader);
         drop(reader);
         let (unsealed, heads) = read?;
         if unsealed.is_empty() {
@@ -453,7 +453,8 @@ impl Store for SqliteStore {
     async fn audit_chain(&self, tenant: TenantId) -> Result<AuditChain, StoreError> {
         // Records, head and count from one snapshot: read apart, a seal committed in between
         // shows a head past the chain's end, a break that is not there.
-        read_snapshot(&*self.reader()?, |reader| {
+        let reader = &*self.reader().await?;
+        {
             let rows = sql::query(
                 "SELECT sequence, body, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND sequence IS NOT NULL ORDER BY sequence",
             )
@@ -485,7 +486,7 @@ impl Store for SqliteStore {
                 head,
                 unsealed,
             })
-        })
+        }
     }
 
     async fn audit_of(
@@ -500,7 +501,7 @@ impl Store for SqliteStore {
         .bind(tenant.as_uuid())
         .bind(entity_type)
         .bind(entity_id)
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRow {
@@ -523,8 +524,8 @@ impl Store for SqliteStore {
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let ids: Vec<Uuid> =
-            sql::query("SELECT id FROM tenants ORDER BY id").fetch_all_scalar(&*self.reader()?)?;
+        let ids: Vec<Uuid> = sql::query("SELECT id FROM tenants ORDER BY id")
+            .fetch_all_scalar(&*self.reader().await?)?;
         Ok(ids.into_iter().map(TenantId::from_uuid).collect())
     }
 
@@ -533,12 +534,12 @@ impl Store for SqliteStore {
             "SELECT id, kind, pending_id, body, order_id, created_at FROM journal_entries WHERE tenant_id = ? ORDER BY created_at, id",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         let postings = sql::query(
             "SELECT entry_id, account, currency, amount_minor FROM postings WHERE tenant_id = ? ORDER BY entry_id, line",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         let mut by_entry: std::collections::HashMap<String, Vec<PostingRecord>> =
             std::collections::HashMap::new();
         for row in &postings {
@@ -585,7 +586,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(account)
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter()
             .map(|row| {
                 Ok(AccountPosting {
@@ -605,7 +606,7 @@ impl Store for SqliteStore {
             "SELECT id, currency FROM orders WHERE tenant_id = ? AND status IN ('completed', 'cancelled', 'refunded')",
         )
         .bind(tenant.as_uuid())
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter()
             .map(|row| {
                 Ok((
@@ -618,11 +619,11 @@ impl Store for SqliteStore {
 
     async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError> {
         let levels = sql::query("SELECT tenant_id, sku, location, on_hand, reserved FROM stock_levels ORDER BY tenant_id, sku, location")
-            .fetch_all(&*self.reader()?)?;
+            .fetch_all(&*self.reader().await?)?;
         let sums = sql::query(
             "SELECT tenant_id, sku, location, kind, sum(quantity) AS total FROM stock_movements GROUP BY tenant_id, sku, location, kind",
         )
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         let mut movements: std::collections::HashMap<
             (Uuid, String, String),
             BTreeMap<String, i64>,
@@ -664,7 +665,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sql::query("SELECT status, count(*) AS n FROM orders WHERE tenant_id = ? GROUP BY status ORDER BY status")
             .bind(tenant.as_uuid())
-            .fetch_all(&*self.reader()?)?;
+            .fetch_all(&*self.reader().await?)?;
         rows.iter()
             .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
             .collect()
@@ -673,7 +674,7 @@ impl Store for SqliteStore {
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
         let row = sql::query(&format!("{SELECT_LOG_EVENT} WHERE id = ?"))
             .bind(id.as_uuid())
-            .fetch_optional(&*self.reader()?)?;
+            .fetch_optional(&*self.reader().await?)?;
         row.as_ref().map(log_event).transpose()
     }
 
@@ -683,7 +684,7 @@ impl Store for SqliteStore {
         events: &[EventId],
     ) -> Result<HashSet<EventId>, StoreError> {
         // One lookup per event on one reader: each is a step down an index in memory.
-        let reader = self.reader()?;
+        let reader = self.reader().await?;
         let mut held = HashSet::new();
         for event in events {
             let found = sql::query("SELECT 1 FROM inbox WHERE group_name = ? AND event_id = ?")
@@ -709,7 +710,7 @@ impl Store for SqliteStore {
         .bind(tenant.as_uuid())
         .bind(status)
         .bind(i64::from(limit))
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter().map(dead_letter).collect()
     }
 
@@ -723,7 +724,7 @@ impl Store for SqliteStore {
         ))
         .bind(tenant.as_uuid())
         .bind(id)
-        .fetch_optional(&*self.reader()?)?;
+        .fetch_optional(&*self.reader().await?)?;
         row.as_ref().map(dead_letter).transpose()
     }
 
@@ -772,7 +773,7 @@ impl Store for SqliteStore {
         ))
         .bind(group)
         .bind(i64::from(limit))
-        .fetch_all(&*self.reader()?)?;
+        .fetch_all(&*self.reader().await?)?;
         rows.iter().map(dead_letter).collect()
     }
 }
@@ -909,17 +910,4 @@ fn timeline(
             })
         })
         .collect()
-}
-
-/// Runs `read` inside one read transaction, so that its statements see one snapshot.
-fn read_snapshot<R>(
-    connection: &rusqlite::Connection,
-    read: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    connection.execute_batch("BEGIN")?;
-    let result = read(connection);
-    let ended = connection.execute_batch("COMMIT");
-    let value = result?;
-    ended?;
-    Ok(value)
 }
