@@ -36,9 +36,16 @@ use crate::{ConnectOptions, StoreError};
 /// process the single writer connection means Tally itself never waits on it.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The writer's page cache: 64 MiB, so that the working set of a busy store (orders, stock, the
-/// log's recent end) stays in memory; the default of 2 MiB made every step re-read index pages.
-const WRITER_CACHE_KIB: i64 = 65_536;
+/// The writer's page cache: 16 MiB, so that the working set of a busy store (orders, stock, the
+/// log's recent end, the right edges of the indexes) stays in memory; the default of 2 MiB made
+/// every step re-read index pages. Not larger: SQLite walks the whole cache at the end of every
+/// transaction while the database is under 1 GiB. When a b-tree page splits, SQLite renumbers
+/// pages through a spare number past the 1 GiB mark, and its cache then counts that number as
+/// its highest; at the transaction's end it drops pages past the database's end, and with the
+/// highest number that far off it visits every page in the cache rather than the few at the
+/// end. With 64 MiB that walk was about 3 % of the server's CPU (`perf`, one walk per group
+/// commit); with 16 MiB, end to end rose 5 to 7 % (BENCHMARKS.md, 2026-12-05, sixth session).
+const WRITER_CACHE_KIB: i64 = 16_384;
 /// A reader's page cache. In WAL mode a reader drops its whole cache whenever another
 /// connection wrote since its last read, which on a busy store is before nearly every read;
 /// emptying a large cache each time cost more than the pages it kept (they come back from the
