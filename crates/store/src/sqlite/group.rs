@@ -29,7 +29,7 @@
 //! members before it in its group; it commits with them or fails with them.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, PoisonError};
 
 use rusqlite::Connection;
@@ -89,8 +89,12 @@ fn frame(connection: &Connection, statement: &str) -> Result<(), rusqlite::Error
 /// let in before the next group's commit (the lock is fair).
 #[derive(Debug)]
 pub(crate) struct Durability {
-    /// The write-ahead log: the database file's path with `-wal`.
+    /// The write-ahead log's path, for messages.
     wal: PathBuf,
+    /// The write-ahead log, open for the store's life: the operating system reports a failed
+    /// write-back once to each open file, so a file opened afresh for each flush could miss a
+    /// failure another connection's sync (the checkpoint's) was told of.
+    log: std::fs::File,
     visible: RwLock<()>,
     /// Held by a committer from before it takes the writer until its group is flushed.
     flushing: Mutex<()>,
@@ -100,20 +104,36 @@ pub(crate) struct Durability {
     /// Tests hold it exclusively to keep flushes from starting.
     #[cfg(test)]
     flushes: RwLock<()>,
+    /// Tests set it to make flushes fail.
+    #[cfg(test)]
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 impl Durability {
-    pub(crate) fn new(database: &Path) -> Self {
-        let mut wal = database.as_os_str().to_owned();
-        wal.push("-wal");
-        Self {
-            wal: PathBuf::from(wal),
+    /// Opens the write-ahead log of the database `writer` is connected to, which must be in WAL
+    /// mode and have read from it (SQLite creates the log then). The path is SQLite's own, with
+    /// links resolved, as SQLite names its log after it.
+    pub(crate) fn open(writer: &Connection) -> Result<Self, StoreError> {
+        let database = writer
+            .path()
+            .filter(|path| !path.is_empty())
+            .ok_or_else(|| StoreError::Corrupt("the SQLite writer has no database file".into()))?;
+        let wal = PathBuf::from(format!("{database}-wal"));
+        let log = std::fs::File::open(&wal).map_err(|source| StoreError::DataDirectory {
+            path: wal.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            wal,
+            log,
             visible: RwLock::new(()),
             flushing: Mutex::new(()),
             failed: OnceLock::new(),
             #[cfg(test)]
             flushes: RwLock::new(()),
-        }
+            #[cfg(test)]
+            refuse: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Fails once a flush failed.
@@ -140,28 +160,44 @@ impl Durability {
     /// Flushes the write-ahead log to the disk; what went wrong, if anything.
     fn flush(&self) -> Result<(), String> {
         let started = Instant::now();
-        let flushed = std::fs::File::open(&self.wal).and_then(|wal| wal.sync_data());
+        let flushed = self.log.sync_data();
+        #[cfg(test)]
+        let flushed = flushed.and_then(|()| {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::other("refused by the test"))
+            } else {
+                Ok(())
+            }
+        });
         metrics::histogram!("tally_sqlite_wal_flush_seconds")
             .record(started.elapsed().as_secs_f64());
         flushed.map_err(|error| {
-            let reason = format!(
+            self.fail(format!(
                 "the disk did not confirm the write-ahead log {}: {error}",
                 self.wal.display()
-            );
-            tracing::error!(%reason, "the SQLite store stops: committed groups may not be durable");
-            self.failed.get_or_init(|| reason.clone());
-            reason
+            ))
         })
+    }
+
+    /// Stops the store: a committed group may not be on disk, and readers would see it.
+    fn fail(&self, reason: String) -> String {
+        tracing::error!(%reason, "the SQLite store stops: committed groups may not be durable");
+        self.failed.get_or_init(|| reason.clone());
+        reason
     }
 
     /// [`Durability::flush`] on a thread of its own, so that the runtime's threads run on.
     async fn flush_aside(self: Arc<Self>) -> Result<(), String> {
         #[cfg(test)]
         drop(self.flushes.read().await);
-        tokio::task::spawn_blocking(move || self.flush())
+        let durability = Arc::clone(&self);
+        tokio::task::spawn_blocking(move || durability.flush())
             .await
             .unwrap_or_else(|error| {
-                Err(format!("the flush of the write-ahead log failed: {error}"))
+                // Whether the log reached the disk is unknown.
+                Err(self.fail(format!(
+                    "the flush of the write-ahead log did not finish: {error}"
+                )))
             })
     }
 }
@@ -211,7 +247,8 @@ enum Ran {
     /// Undone. When members were before it in the group, its answer may rest on their writes,
     /// so it waits for their outcome too.
     Undone(Option<watch::Receiver<Outcome>>),
-    Failed(StoreError),
+    /// Failed, perhaps on what the writes before it wrote: with their outcome, to wait for.
+    Failed(StoreError, Option<watch::Receiver<Outcome>>),
 }
 
 #[derive(Debug)]
@@ -221,6 +258,9 @@ struct Group {
     /// Numbers the SQLite transactions, so that a committer knows its own.
     generation: u64,
     durability: Arc<Durability>,
+    /// The outcome of the last group whose `COMMIT` succeeded: until it is flushed, what the
+    /// writer reads may rest on writes not yet durable.
+    committed: Option<watch::Receiver<Outcome>>,
 }
 
 /// What a group's commit came to: `None` until whoever ends the transaction sets it.
@@ -255,6 +295,7 @@ impl Writer {
                 open: None,
                 generation: 0,
                 durability,
+                committed: None,
             })),
             queue: Arc::default(),
         }
@@ -304,7 +345,12 @@ impl Writer {
             Ran::Kept(outcome) => outcome_of(outcome).await.map(|()| true),
             Ran::Undone(Some(outcome)) => outcome_of(outcome).await.map(|()| false),
             Ran::Undone(None) => Ok(false),
-            Ran::Failed(error) => Err(error),
+            Ran::Failed(error, before) => {
+                if let Some(before) = before {
+                    outcome_of(before).await?;
+                }
+                Err(error)
+            }
         }
     }
 
@@ -478,13 +524,13 @@ fn join(
 /// Runs a queued job as a member: kept in the group, or undone.
 fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, job: Job) -> Ran {
     if let Err(error) = enter(guard) {
-        return Ran::Failed(error);
+        return Ran::Failed(error, None);
     }
     let kept = match job(&guard.connection) {
         Ok(kept) => kept,
         Err(error) => {
-            undo(guard);
-            return Ran::Failed(error);
+            let before = undo(guard);
+            return Ran::Failed(error, before);
         }
     };
     if !kept {
@@ -492,12 +538,13 @@ fn run_job(guard: &mut Held, group: &Arc<Mutex<Group>>, job: Job) -> Ran {
     }
     match join(guard, group) {
         Ok(outcome) => Ran::Kept(outcome),
-        Err(error) => Ran::Failed(error),
+        Err(error) => Ran::Failed(error, None),
     }
 }
 
 /// Undoes the open member's savepoint. With members before it in the group, what it read may
-/// rest on their writes: then the group's outcome, to wait for.
+/// rest on their writes: then the group's outcome, to wait for. Without, it may rest on the
+/// group committed before, which may not be flushed yet: then that group's outcome.
 fn undo(guard: &mut Held) -> Option<watch::Receiver<Outcome>> {
     let outcome = guard
         .open
@@ -513,7 +560,12 @@ fn undo(guard: &mut Held) -> Option<watch::Receiver<Outcome>> {
     if outcome.is_none() {
         settle(guard);
     }
-    outcome
+    outcome.or_else(|| {
+        guard
+            .committed
+            .clone()
+            .filter(|committed| committed.borrow().is_none())
+    })
 }
 
 /// Waits until the group ends and returns its outcome.
@@ -663,10 +715,13 @@ fn commit_statement(group: &mut Group) -> Option<(Open, Result<(), String>)> {
     metrics::histogram!("tally_sqlite_group_commit_seconds")
         .record(started.elapsed().as_secs_f64());
     metrics::histogram!("tally_sqlite_group_members").record(f64::from(open.members));
-    if let Err(error) = &outcome {
-        tracing::error!(%error, members = open.members, "a group commit failed; its members roll back");
-        // A refused COMMIT (a deferred constraint, a full disk) leaves the transaction open.
-        end_transaction(&group.connection);
+    match &outcome {
+        Ok(()) => group.committed = Some(open.outcome.subscribe()),
+        Err(error) => {
+            tracing::error!(%error, members = open.members, "a group commit failed; its members roll back");
+            // A refused COMMIT (a deferred constraint, a full disk) leaves the transaction open.
+            end_transaction(&group.connection);
+        }
     }
     Some((open, outcome))
 }
@@ -693,18 +748,15 @@ fn end_transaction(connection: &Connection) {
 mod tests {
     use std::time::Duration;
 
+    use std::path::Path;
+
     use super::super::sql;
     use super::*;
 
     /// A writer over a fresh file in WAL mode with a parent and a child table, foreign keys
     /// enforced.
     fn writer(dir: &tempfile::TempDir) -> Writer {
-        let path = dir.path().join("group.db");
-        writer_flushing(&path, Durability::new(&path))
-    }
-
-    fn writer_flushing(path: &Path, durability: Durability) -> Writer {
-        let connection = Connection::open(path).expect("open");
+        let connection = Connection::open(dir.path().join("group.db")).expect("open");
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
@@ -712,6 +764,7 @@ mod tests {
                  CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent (id))",
             )
             .expect("schema");
+        let durability = Durability::open(&connection).expect("open the log");
         Writer::new(connection, Arc::new(durability))
     }
 
@@ -734,6 +787,22 @@ mod tests {
         sql::query("SELECT count(*) FROM parent").fetch_scalar(&reader)
     }
 
+    /// Waits until the group holding parent 1 ran its `COMMIT`, as a connection that does not
+    /// wait for flushes sees.
+    async fn wait_for_commit(path: &Path) {
+        let unguarded = Connection::open(path).expect("open");
+        for _ in 0..500 {
+            let seen: i64 = sql::query("SELECT count(*) FROM parent")
+                .fetch_scalar(&unguarded)
+                .expect("read");
+            if seen == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the group's COMMIT did not reach the log");
+    }
+
     /// A group's `COMMIT` reaches the log before its flush, but neither its members nor any
     /// reader that begins its snapshot meanwhile learns of it until the log is flushed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,20 +814,7 @@ mod tests {
         let held = durability.flushes.write().await;
         let member = member_with_parent(&writer).await;
         let committed = tokio::spawn(member.commit());
-        // A connection that does not wait for the flush sees the group's COMMIT land.
-        let unguarded = Connection::open(&path).expect("open");
-        let mut landed = false;
-        for _ in 0..500 {
-            let seen: i64 = sql::query("SELECT count(*) FROM parent")
-                .fetch_scalar(&unguarded)
-                .expect("read");
-            if seen == 1 {
-                landed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        assert!(landed, "the group's COMMIT wrote to the log");
+        wait_for_commit(&path).await;
         let reading = tokio::spawn({
             let (path, durability) = (path.clone(), Arc::clone(&durability));
             async move { parents_read(&path, &durability).await }
@@ -772,15 +828,62 @@ mod tests {
         assert_eq!(read, 1, "once flushed, the reader sees the group");
     }
 
+    /// A member that begins the next group while the group before it is still being flushed
+    /// reads that group's writes on the writer; when it rolls back, its answer rests on them,
+    /// so the rollback returns only once they are flushed, and fails if they are not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rollback_waits_for_the_flush_of_what_it_read() {
+        for flushed in [true, false] {
+            let dir = tempfile::tempdir().expect("dir");
+            let writer = writer(&dir);
+            let durability = durability(&writer);
+            let held = durability.flushes.write().await;
+            let first = member_with_parent(&writer).await;
+            let committed = tokio::spawn(first.commit());
+            wait_for_commit(&dir.path().join("group.db")).await;
+            let second = writer.begin().await.expect("begin the next group");
+            assert_eq!(parents(&second), 1, "the group before it is committed");
+            let rolled_back = tokio::spawn(second.rollback());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                !rolled_back.is_finished(),
+                "the rollback waits for the flush of what it read"
+            );
+            if !flushed {
+                durability
+                    .refuse
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            drop(held);
+            let committed = committed.await.expect("task");
+            let rolled_back = rolled_back.await.expect("task");
+            if flushed {
+                committed.expect("commit");
+                rolled_back.expect("rollback");
+            } else {
+                assert!(
+                    matches!(committed, Err(StoreError::CommitFailed(_))),
+                    "{committed:?}"
+                );
+                assert!(
+                    matches!(rolled_back, Err(StoreError::CommitFailed(_))),
+                    "{rolled_back:?}"
+                );
+            }
+        }
+    }
+
     /// When the log cannot be flushed, the group's members fail and the store stops: no
     /// reader and no member runs until it is opened again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_flush_stops_the_store() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("group.db");
-        let nowhere = Durability::new(&dir.path().join("missing").join("group.db"));
-        let writer = writer_flushing(&path, nowhere);
+        let writer = writer(&dir);
         let durability = durability(&writer);
+        durability
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let member = member_with_parent(&writer).await;
         let committed = member.commit().await;
         assert!(

@@ -101,10 +101,11 @@ impl SqliteStore {
         // `group::Durability`); the checkpoint thread's connection keeps `FULL`, so the log is
         // flushed before a checkpoint copies it into the database file.
         writer.pragma_update(None, "synchronous", "NORMAL")?;
-        let durability = Arc::new(group::Durability::new(&path));
         let checkpointer = checkpoint::Checkpointer::start(path.clone())?;
         let partitions: i64 =
             sql::query("SELECT partitions FROM log_head WHERE id = 1").fetch_scalar(&writer)?;
+        // After the writer's first read, by which SQLite has opened the log.
+        let durability = Arc::new(group::Durability::open(&writer)?);
         let partitions =
             u32::try_from(partitions).map_err(|e| crate::corrupt("log partitions", e))?;
         Ok(Self {
