@@ -86,7 +86,9 @@ fn frame(connection: &Connection, statement: &str) -> Result<(), rusqlite::Error
 /// group is between its `COMMIT` and its flush: readers hold `visible` shared for the moment
 /// it takes to begin a read transaction, and a committer holds it exclusively from before its
 /// `COMMIT` until the log is flushed. Readers that arrive meanwhile wait for the flush, and are
-/// let in before the next group's commit (the lock is fair).
+/// let in before the next group's commit (the lock is fair). The writer itself may read a group
+/// before it is flushed (the next group's members run meanwhile); those members commit after
+/// it, and one that rolls back first in its group waits for that flush (see [`undo`]).
 #[derive(Debug)]
 pub(crate) struct Durability {
     /// The write-ahead log's path, for messages.
