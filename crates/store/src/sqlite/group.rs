@@ -863,14 +863,8 @@ mod tests {
                 committed.expect("commit");
                 rolled_back.expect("rollback");
             } else {
-                assert!(
-                    matches!(committed, Err(StoreError::CommitFailed(_))),
-                    "{committed:?}"
-                );
-                assert!(
-                    matches!(rolled_back, Err(StoreError::CommitFailed(_))),
-                    "{rolled_back:?}"
-                );
+                assert_commit_failed(&committed, "the group's commit fails");
+                assert_commit_failed(&rolled_back, "the member that read it fails too");
             }
         }
     }
@@ -945,14 +939,15 @@ mod tests {
     ) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let committed = first.commit().await;
-        assert!(
-            matches!(committed, Err(StoreError::CommitFailed(_))),
-            "the group's commit fails: {committed:?}"
-        );
+        assert_commit_failed(&committed, "the group's commit fails");
         let rolled_back = second.await.expect("task");
+        assert_commit_failed(&rolled_back, "the member that read it fails too");
+    }
+
+    fn assert_commit_failed(outcome: &Result<(), StoreError>, what: &str) {
         assert!(
-            matches!(rolled_back, Err(StoreError::CommitFailed(_))),
-            "the member that read it fails too: {rolled_back:?}"
+            matches!(outcome, Err(StoreError::CommitFailed(_))),
+            "{what}: {outcome:?}"
         );
     }
 
