@@ -178,7 +178,6 @@ struct Readers {
 
 impl Readers {
     async fn get(&self) -> Result<Reader<'_>, StoreError> {
-        let visible = self.durability.readable().await?;
         let idle = self
             .idle
             .lock()
@@ -189,6 +188,8 @@ impl Readers {
             Some(connection) if connection.is_autocommit() => connection,
             Some(_) | None => open(&self.path, true)?,
         };
+        // Opened before the guard is taken: committers wait for whoever holds it.
+        let visible = self.durability.readable().await?;
         group::begin_snapshot(&connection)?;
         drop(visible);
         Ok(Reader {

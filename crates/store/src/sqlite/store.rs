@@ -114,11 +114,13 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: ProductId,
     ) -> Result<Option<ProductRecord>, StoreError> {
+        // One reader: the product and its variants from one snapshot.
+        let reader = self.reader().await?;
         let Some(row) =
             sql::query("SELECT name, created_at FROM products WHERE tenant_id = ? AND id = ?")
                 .bind(tenant.as_uuid())
                 .bind(id.as_uuid())
-                .fetch_optional(&*self.reader().await?)?
+                .fetch_optional(&reader)?
         else {
             return Ok(None);
         };
@@ -127,7 +129,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_all(&*self.reader().await?)?
+        .fetch_all(&reader)?
         .iter()
         .map(|row| {
             let prices: String = row.try_get("prices")?;
@@ -151,10 +153,12 @@ impl Store for SqliteStore {
         tenant: TenantId,
         sku: &str,
     ) -> Result<Option<Vec<StockRecord>>, StoreError> {
+        // One reader: the SKU and its stock rows from one snapshot.
+        let reader = self.reader().await?;
         let known = sql::query("SELECT 1 FROM variants WHERE tenant_id = ? AND sku = ?")
             .bind(tenant.as_uuid())
             .bind(sku)
-            .fetch_optional(&*self.reader().await?)?;
+            .fetch_optional(&reader)?;
         if known.is_none() {
             return Ok(None);
         }
@@ -163,7 +167,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(sku)
-        .fetch_all(&*self.reader().await?)?;
+        .fetch_all(&reader)?;
         rows.iter()
             .map(|row| {
                 Ok(StockRecord {
@@ -326,6 +330,7 @@ impl Store for SqliteStore {
     }
 
     async fn log_backlog(&self, group: &str) -> Result<i64, StoreError> {
+        let reader = self.reader().await?;
         let mut backlog = 0;
         for partition in 0..self.partitions {
             let count: i64 = sql::query(
@@ -336,7 +341,7 @@ impl Store for SqliteStore {
             .bind(i64::from(partition))
             .bind(group)
             .bind(crate::log::BACKLOG_COUNT_MAX)
-            .fetch_scalar(&*self.reader().await?)?;
+            .fetch_scalar(&reader)?;
             backlog += count;
         }
         Ok(backlog)
