@@ -1,19 +1,23 @@
-//! What a saga step writes besides the order: its journal entries, its audit record and its
-//! events, gathered by [`Step`] and committed with the inbox row in one transaction.
+//! What a saga step writes, made from its decision's [`Outcome`]: the order's new status and
+//! saga state, its journal entries, its events, its audit record and its stock moves, committed
+//! with the inbox row in one transaction.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tally_dispatch::{Delivery, EffectError};
+use tally_dispatch::EffectError;
 use tally_domain::checkout::Saga;
-use tally_domain::event::{EventDraft, EventType};
+use tally_domain::checkout::decide::{Booking, Outcome, StepKey, StockMove};
+use tally_domain::event::EventDraft;
 use tally_domain::ids::OrderId;
 use tally_domain::money::Currency;
-use tally_domain::order::OrderStatus;
 use tally_ledger::{EntryKind, JournalEntry, payment};
 use tally_store::audit::{Actor, Change, cause_of};
 use tally_store::effect::OrderChange;
 use tally_store::log::{Causes, envelope};
-use tally_store::{LogEvent, NewJournalEntry, OrderState, PostingRecord, Tx};
+use tally_store::stock::movements;
+use tally_store::{
+    LogEvent, MovementKind, NewJournalEntry, OrderRecord, OrderState, PostingRecord,
+};
 
 use crate::saga::CHECKOUT_GROUP;
 
@@ -22,8 +26,8 @@ fn ledger_error(error: impl std::fmt::Display) -> EffectError {
     EffectError::Permanent(format!("ledger: {error}"))
 }
 
-fn currency_of(state: &OrderState) -> Result<Currency, EffectError> {
-    Currency::parse(&state.record.currency).map_err(|e| EffectError::Permanent(e.reason))
+fn currency_of(record: &OrderRecord) -> Result<Currency, EffectError> {
+    Currency::parse(&record.currency).map_err(|e| EffectError::Permanent(e.reason))
 }
 
 /// The row form of a ledger entry.
@@ -55,194 +59,145 @@ fn row(entry: &JournalEntry, order: OrderId, now: DateTime<Utc>) -> NewJournalEn
 
 /// The authorization's pending entry, rebuilt from what the saga recorded: the entry is a pure
 /// function of its id, the order and its total, so it comes back equal to the one written.
-fn authorization_entry(state: &OrderState) -> Result<JournalEntry, EffectError> {
-    let id =
-        state.saga.authorization_entry.clone().ok_or_else(|| {
-            EffectError::Permanent("the order has no authorization entry".to_owned())
-        })?;
-    payment::authorize(
-        id,
-        state.record.id,
-        state.record.total_minor,
-        currency_of(state)?,
-    )
-    .map_err(ledger_error)
+fn authorization_entry(record: &OrderRecord, saga: &Saga) -> Result<JournalEntry, EffectError> {
+    let id = saga
+        .authorization_entry
+        .clone()
+        .ok_or_else(|| EffectError::Permanent("the order has no authorization entry".to_owned()))?;
+    payment::authorize(id, record.id, record.total_minor, currency_of(record)?)
+        .map_err(ledger_error)
 }
 
-pub(crate) fn authorization(
+/// The journal id of one step's entry: the step's key, as the ledger spells ids.
+fn entry_id(key: StepKey, step: &str) -> String {
+    payment::entry_id(key.group, key.event, step)
+}
+
+/// The journal entries of `booking` for the order `record`, whose saga after the step is
+/// `saga` (which names the authorization's pending entry).
+fn entries(
+    booking: Booking,
+    record: &OrderRecord,
+    saga: &Saga,
+) -> Result<Vec<JournalEntry>, EffectError> {
+    let total = record.total_minor;
+    let entries = match booking {
+        Booking::Authorization(key) => {
+            let id = entry_id(key, key.step);
+            // The saga names the entry by the same key; a mismatch would orphan the entry.
+            assert_eq!(saga.authorization_entry.as_deref(), Some(id.as_str()));
+            vec![
+                payment::authorize(id, record.id, total, currency_of(record)?)
+                    .map_err(ledger_error)?,
+            ]
+        }
+        Booking::Capture(key) => {
+            let captured = payment::capture(
+                &authorization_entry(record, saga)?,
+                total,
+                entry_id(key, "capture"),
+                entry_id(key, "sale"),
+            )
+            .map_err(ledger_error)?;
+            vec![captured.post, captured.sale]
+        }
+        Booking::Void(key) => vec![
+            tally_ledger::void(&authorization_entry(record, saga)?, entry_id(key, key.step))
+                .map_err(ledger_error)?,
+        ],
+        Booking::Refund(key) => vec![
+            payment::refund(entry_id(key, key.step), total, currency_of(record)?)
+                .map_err(ledger_error)?,
+        ],
+    };
+    Ok(entries)
+}
+
+/// The change that stores `outcome`, the decision of the step applying `event` to the order as
+/// it was (`before`): the order's status and saga, the journal entries, the events, the audit
+/// record and the stock moves, everything but the inserts themselves, so that it can be made
+/// before the step takes the store's writer.
+pub(crate) fn prepare(
     event: &LogEvent,
-    state: &OrderState,
+    before: &OrderState,
+    outcome: &Outcome,
     now: DateTime<Utc>,
-) -> Result<NewJournalEntry, EffectError> {
-    let id = payment::entry_id(CHECKOUT_GROUP, event.id, "authorize");
-    let entry = payment::authorize(
-        id,
-        state.record.id,
-        state.record.total_minor,
-        currency_of(state)?,
-    )
-    .map_err(ledger_error)?;
-    Ok(row(&entry, state.record.id, now))
-}
-
-pub(crate) fn capture(
-    event: &LogEvent,
-    state: &OrderState,
-    now: DateTime<Utc>,
-) -> Result<Vec<NewJournalEntry>, EffectError> {
-    let authorization = authorization_entry(state)?;
-    let captured = payment::capture(
-        &authorization,
-        state.record.total_minor,
-        payment::entry_id(CHECKOUT_GROUP, event.id, "capture"),
-        payment::entry_id(CHECKOUT_GROUP, event.id, "sale"),
-    )
-    .map_err(ledger_error)?;
-    Ok(vec![
-        row(&captured.post, state.record.id, now),
-        row(&captured.sale, state.record.id, now),
-    ])
-}
-
-pub(crate) fn void(
-    event: &LogEvent,
-    state: &OrderState,
-    now: DateTime<Utc>,
-) -> Result<NewJournalEntry, EffectError> {
-    let authorization = authorization_entry(state)?;
-    let entry = tally_ledger::void(
-        &authorization,
-        payment::entry_id(CHECKOUT_GROUP, event.id, "void"),
-    )
-    .map_err(ledger_error)?;
-    Ok(row(&entry, state.record.id, now))
-}
-
-pub(crate) fn refund(
-    event: &LogEvent,
-    state: &OrderState,
-    now: DateTime<Utc>,
-) -> Result<NewJournalEntry, EffectError> {
-    let id = payment::entry_id(CHECKOUT_GROUP, event.id, "refund");
-    let entry =
-        payment::refund(id, state.record.total_minor, currency_of(state)?).map_err(ledger_error)?;
-    Ok(row(&entry, state.record.id, now))
-}
-
-/// One saga step's writes: a status change (or none), the ledger entries it books, the events
-/// it causes and its audit record.
-#[derive(Debug)]
-pub(crate) struct Step<'a> {
-    event: &'a LogEvent,
-    order: OrderId,
-    /// The order's status and saga before the step.
-    status_before: String,
-    saga_before: Saga,
-    status: Option<OrderStatus>,
-    drafts: Vec<EventDraft>,
-    journal: Vec<NewJournalEntry>,
-    now: DateTime<Utc>,
-}
-
-impl<'a> Step<'a> {
-    pub(crate) fn new(
-        event: &'a LogEvent,
-        order: OrderId,
-        state: &OrderState,
-        now: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            event,
-            order,
-            status_before: state.record.status.clone(),
-            saga_before: state.saga.clone(),
-            status: None,
-            drafts: Vec::new(),
-            journal: Vec::new(),
-            now,
+    partitions: u32,
+) -> Result<OrderChange, EffectError> {
+    let tenant = event.tenant_id;
+    let order = before.record.id;
+    let mut journal = Vec::new();
+    for booking in &outcome.bookings {
+        for entry in entries(*booking, &before.record, &outcome.saga)? {
+            journal.push(row(&entry, order, now));
         }
     }
-
-    /// When the step happens.
-    pub(crate) fn now(&self) -> DateTime<Utc> {
-        self.now
-    }
-
-    /// Moves the order to `status` and announces it with an event of `event_type`.
-    pub(crate) fn advance(&mut self, status: OrderStatus, event_type: EventType, data: Value) {
-        self.status = Some(status);
-        self.also(event_type, data);
-    }
-
-    /// Announces something without moving the order.
-    pub(crate) fn also(&mut self, event_type: EventType, mut data: Value) {
-        data["order_id"] = json!(self.order);
-        let key = self.order.to_string();
-        self.drafts
-            .push(EventDraft::new(event_type, key.clone(), key, &data));
-    }
-
-    /// Books a ledger entry with the step.
-    pub(crate) fn book(&mut self, entry: NewJournalEntry) {
-        self.journal.push(entry);
-    }
-
-    /// The step's change, ready to store, for the order as `state` leaves it: everything but
-    /// the inserts themselves, so that it can be made before the step takes the store's writer.
-    pub(crate) fn prepare(self, state: &OrderState, partitions: u32) -> OrderChange {
-        let tenant = self.event.tenant_id;
-        let status = self
-            .status
-            .map_or_else(|| state.record.status.clone(), |s| s.as_str().to_owned());
-        let causes = Causes {
-            correlation_id: self.event.correlation_id.clone(),
-            causation_id: Some(self.event.id.to_string()),
-            traceparent: self.event.traceparent.clone(),
-        };
-        let events: Vec<_> = self
-            .drafts
-            .into_iter()
-            .map(|draft| envelope(draft, tenant, partitions, self.now, &causes))
-            .collect();
-        let action = events
-            .first()
-            .map_or("saga_state_changed", |e| e.event_type);
-        let change = Change {
-            entity_type: "order",
-            entity_id: self.order.to_string(),
-            action,
-            before: Some(json!({"status": self.status_before, "saga": self.saga_before})),
-            after: Some(json!({"status": status, "saga": state.saga})),
-        };
-        let actor = Actor::System(CHECKOUT_GROUP.to_owned());
-        let audit =
-            tally_store::audit::record(tenant, self.now, actor, change, cause_of(self.event));
-        OrderChange {
-            tenant,
-            order: self.order,
-            expected_status: self.status_before,
-            expected_saga: self.saga_before,
-            status,
-            saga: state.saga.clone(),
-            at: self.now,
-            journal: self.journal,
-            audit,
-            events,
-            stock: Vec::new(),
+    let causes = Causes {
+        correlation_id: event.correlation_id.clone(),
+        causation_id: Some(event.id.to_string()),
+        traceparent: event.traceparent.clone(),
+    };
+    let key = order.to_string();
+    let events: Vec<_> = outcome
+        .announcements
+        .iter()
+        .map(|announcement| {
+            let mut data = announcement.data();
+            data["order_id"] = json!(order);
+            let draft = EventDraft::new(announcement.event_type(), key.clone(), key.clone(), &data);
+            envelope(draft, tenant, partitions, now, &causes)
+        })
+        .collect();
+    // The last event is what the step did; the ones before it, what it found had happened.
+    let action = events.last().map_or("saga_state_changed", |e| e.event_type);
+    let status = outcome.status.as_str().to_owned();
+    let change = Change {
+        entity_type: "order",
+        entity_id: key,
+        action,
+        before: Some(json!({"status": before.record.status, "saga": before.saga})),
+        after: Some(json!({"status": status, "saga": outcome.saga})),
+    };
+    let actor = Actor::System(CHECKOUT_GROUP.to_owned());
+    let audit = tally_store::audit::record(tenant, now, actor, change, cause_of(event));
+    let stock = match &outcome.stock {
+        StockMove::Keep => Vec::new(),
+        StockMove::Reserve(reservations) => {
+            movements(order, reservations, MovementKind::Reserved, now)
         }
-    }
+        StockMove::Release(reservations) => {
+            movements(order, reservations, MovementKind::Released, now)
+        }
+    };
+    Ok(OrderChange {
+        tenant,
+        order,
+        expected_status: before.record.status.clone(),
+        expected_saga: before.saga.clone(),
+        status,
+        saga: outcome.saga.clone(),
+        at: now,
+        journal,
+        audit,
+        events,
+        stock,
+    })
+}
 
-    /// Writes the order, the ledger entries, the events and the audit record in `tx`, which
-    /// holds the order's lock, then finishes the delivery.
-    pub(crate) async fn commit(
-        self,
-        mut tx: Box<dyn Tx>,
-        state: &OrderState,
-        delivery: &Delivery,
-    ) -> Result<(), EffectError> {
-        self.prepare(state, delivery.store().log_partitions())
-            .write(tx.as_mut())
-            .await?;
-        delivery.finish(tx).await
+#[cfg(test)]
+mod tests {
+    use tally_domain::checkout::decide::StepKey;
+    use tally_domain::ids::EventId;
+
+    /// The saga names an authorization's pending entry by its step's key, the ledger by its
+    /// entry id: both must spell it alike, or a capture would not find the entry it posts.
+    #[test]
+    fn a_step_key_spells_the_ledger_entry_id_of_its_step() {
+        let key = StepKey {
+            group: super::CHECKOUT_GROUP,
+            event: EventId::generate(),
+            step: "authorize",
+        };
+        assert_eq!(key.to_string(), super::entry_id(key, "authorize"));
     }
 }

@@ -1,7 +1,8 @@
 //! Partner adapters: the payment provider, the carrier and the notification provider, behind
 //! one HTTP client each. Every call carries the caller's idempotency key; answers are sorted
-//! into outcomes (authorized or declined), transient failures (timeouts, 5xx, 409 while the
-//! partner is busy with the same key) and permanent ones (other 4xx).
+//! into the saga's [`Answer`]s (authorized or declined, voided or refused because captured…),
+//! transient failures (timeouts, 5xx, 429, a 409 while the partner is busy with the same key)
+//! and permanent ones (other 4xx).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tally_dispatch::EffectError;
+use tally_domain::checkout::decide::Answer;
 
 /// How long one partner call may take. Shorter than the partner's slowest honest answer would
 /// be wrong; the key makes the retry after a timeout safe, so a short limit only costs a retry.
@@ -40,28 +42,11 @@ pub struct Partners {
     urls: PartnerUrls,
 }
 
-/// The payment provider's answer to an authorization.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authorization {
-    Authorized { authorization_id: String },
-    Declined { reason: String },
-}
-
-/// The payment provider's answer to a capture.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Capture {
-    Captured { capture_id: String },
-    Failed,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shipment {
-    pub shipment_id: String,
-    pub tracking_number: String,
-}
-
+/// The fields of every partner's answer that the saga reads; a problem document's `code`
+/// names the state a refused request found.
 #[derive(Debug, Deserialize)]
-struct Answer {
+struct Reply {
+    code: Option<String>,
     authorization_id: Option<String>,
     capture_id: Option<String>,
     refund_id: Option<String>,
@@ -69,6 +54,19 @@ struct Answer {
     tracking_number: Option<String>,
     reason: Option<String>,
 }
+
+impl Reply {
+    /// Whether a refusal names `code` as the state it found.
+    fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+/// The `code` of a 409 refusing a capture or void of a voided authorization: the provider's
+/// wire contract, which the sandbox speaks too.
+const VOIDED_CODE: &str = "authorization_voided";
+/// The `code` of a 409 refusing a void of a captured authorization.
+const CAPTURED_CODE: &str = "authorization_captured";
 
 impl Partners {
     pub fn new(urls: PartnerUrls) -> Result<Self, reqwest::Error> {
@@ -84,7 +82,7 @@ impl Partners {
         url: String,
         key: &str,
         body: Value,
-    ) -> Result<(StatusCode, Answer), EffectError> {
+    ) -> Result<(StatusCode, Reply), EffectError> {
         let response = self
             .http
             .post(&url)
@@ -97,35 +95,45 @@ impl Partners {
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(EffectError::Transient(format!("{url}: {status}")));
         }
-        let answer = response
-            .json::<Answer>()
+        let reply = response
+            .json::<Reply>()
             .await
             .map_err(|e| EffectError::Transient(format!("{url}: unreadable answer: {e}")))?;
-        Ok((status, answer))
+        // A conflict that names no state is the provider still busy with a request under the
+        // same key: its answer comes to a retry.
+        if status == StatusCode::CONFLICT && reply.code.is_none() {
+            return Err(EffectError::Transient(format!(
+                "{url}: busy with the same idempotency key"
+            )));
+        }
+        Ok((status, reply))
     }
 
+    /// Authorizes `amount_minor`. The same `key` asked again answers with what the provider
+    /// did the first time (the authorization it made, or its decline), which is how a step
+    /// whose answer was lost learns what to void.
     pub async fn authorize(
         &self,
         key: &str,
         reference: &str,
         amount_minor: i64,
         currency: &str,
-    ) -> Result<Authorization, EffectError> {
+    ) -> Result<Answer, EffectError> {
         let url = format!("{}/payments/authorizations", self.urls.payment);
         let body =
             json!({"order_id": reference, "amount_minor": amount_minor, "currency": currency});
         match self.post(url, key, body).await? {
             (
                 StatusCode::CREATED | StatusCode::OK,
-                Answer {
+                Reply {
                     authorization_id: Some(id),
                     ..
                 },
-            ) => Ok(Authorization::Authorized {
+            ) => Ok(Answer::Authorized {
                 authorization_id: id,
             }),
-            (StatusCode::PAYMENT_REQUIRED, answer) => Ok(Authorization::Declined {
-                reason: answer.reason.unwrap_or_else(|| "declined".to_owned()),
+            (StatusCode::PAYMENT_REQUIRED, reply) => Ok(Answer::Declined {
+                reason: reply.reason.unwrap_or_else(|| "declined".to_owned()),
             }),
             (status, _) => Err(EffectError::Permanent(format!(
                 "authorization answered {status}"
@@ -133,12 +141,14 @@ impl Partners {
         }
     }
 
+    /// Captures `amount_minor` of an authorization: captured, failed (402), or refused because
+    /// the authorization was voided.
     pub async fn capture(
         &self,
         key: &str,
         authorization_id: &str,
         amount_minor: i64,
-    ) -> Result<Capture, EffectError> {
+    ) -> Result<Answer, EffectError> {
         let url = format!(
             "{}/payments/authorizations/{authorization_id}/capture",
             self.urls.payment
@@ -149,23 +159,32 @@ impl Partners {
         {
             (
                 StatusCode::OK | StatusCode::CREATED,
-                Answer {
+                Reply {
                     capture_id: Some(id),
                     ..
                 },
-            ) => Ok(Capture::Captured { capture_id: id }),
-            (StatusCode::PAYMENT_REQUIRED, _) => Ok(Capture::Failed),
+            ) => Ok(Answer::Captured { capture_id: id }),
+            (StatusCode::PAYMENT_REQUIRED, _) => Ok(Answer::CaptureFailed),
+            (StatusCode::CONFLICT, reply) if reply.is(VOIDED_CODE) => {
+                Ok(Answer::AuthorizationVoided)
+            }
             (status, _) => Err(EffectError::Permanent(format!("capture answered {status}"))),
         }
     }
 
-    pub async fn void(&self, key: &str, authorization_id: &str) -> Result<(), EffectError> {
+    /// Voids an authorization: voided (now, or before under another key), or refused because
+    /// the authorization was captured.
+    pub async fn void(&self, key: &str, authorization_id: &str) -> Result<Answer, EffectError> {
         let url = format!(
             "{}/payments/authorizations/{authorization_id}/void",
             self.urls.payment
         );
         match self.post(url, key, json!({})).await? {
-            (status, _) if status.is_success() => Ok(()),
+            (status, _) if status.is_success() => Ok(Answer::Voided),
+            (StatusCode::CONFLICT, reply) if reply.is(VOIDED_CODE) => Ok(Answer::Voided),
+            (StatusCode::CONFLICT, reply) if reply.is(CAPTURED_CODE) => {
+                Ok(Answer::AuthorizationCaptured)
+            }
             (status, _) => Err(EffectError::Permanent(format!("void answered {status}"))),
         }
     }
@@ -175,7 +194,7 @@ impl Partners {
         key: &str,
         capture_id: &str,
         amount_minor: i64,
-    ) -> Result<String, EffectError> {
+    ) -> Result<Answer, EffectError> {
         let url = format!(
             "{}/payments/captures/{capture_id}/refunds",
             self.urls.payment
@@ -186,11 +205,11 @@ impl Partners {
         {
             (
                 status,
-                Answer {
+                Reply {
                     refund_id: Some(id),
                     ..
                 },
-            ) if status.is_success() => Ok(id),
+            ) if status.is_success() => Ok(Answer::Refunded { refund_id: id }),
             (status, _) => Err(EffectError::Permanent(format!("refund answered {status}"))),
         }
     }
@@ -200,7 +219,7 @@ impl Partners {
         key: &str,
         reference: &str,
         lines: Value,
-    ) -> Result<Shipment, EffectError> {
+    ) -> Result<Answer, EffectError> {
         let url = format!("{}/carrier/shipments", self.urls.carrier);
         match self
             .post(url, key, json!({"order_id": reference, "lines": lines}))
@@ -208,12 +227,12 @@ impl Partners {
         {
             (
                 status,
-                Answer {
+                Reply {
                     shipment_id: Some(shipment_id),
                     tracking_number: Some(tracking_number),
                     ..
                 },
-            ) if status.is_success() => Ok(Shipment {
+            ) if status.is_success() => Ok(Answer::Shipment {
                 shipment_id,
                 tracking_number,
             }),

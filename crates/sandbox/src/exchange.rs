@@ -7,7 +7,8 @@
 //!    differs); an unused key runs the partner's `apply`, which either applies an effect, stored
 //!    with its response, or refuses without changing anything (unknown id, wrong state), in
 //!    which case the key stays unused.
-//! 4. After a new effect, a fault may replace or delay the response; the stored one stands.
+//! 4. After a new effect, a fault may replace or delay the response; the stored one stands. A
+//!    test may instead hold the response until it releases it ([`crate::hold`]).
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::effects::{EffectStore, Fingerprint, Lookup, NewEffect};
+use crate::effects::{EffectKind, EffectStore, Fingerprint, Lookup, NewEffect};
 use crate::payment::Payments;
 use crate::{Shared, lock};
 
@@ -182,6 +183,10 @@ impl Stored {
 pub struct Problem {
     pub status: StatusCode,
     pub detail: String,
+    /// A machine-readable reason for a refusal a caller acts on (the `code` member), as
+    /// payment providers name an object's unexpected state: a void refused because the
+    /// authorization was captured tells the caller a capture exists.
+    pub code: Option<&'static str>,
 }
 
 impl Problem {
@@ -189,18 +194,28 @@ impl Problem {
         Self {
             status,
             detail: detail.into(),
+            code: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "title": self.status.canonical_reason().unwrap_or("Error"),
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if let Some(code) = self.code {
+            body["code"] = serde_json::json!(code);
+        }
         let content_type = HeaderValue::from_static("application/problem+json");
         (
             self.status,
@@ -242,7 +257,7 @@ impl<T> Outcome<T> {
 }
 
 enum Decided<T> {
-    Applied(Stored, T),
+    Applied(Stored, T, EffectKind),
     Replayed(Stored),
     Refused(Problem),
 }
@@ -269,8 +284,11 @@ pub(crate) async fn exchange<B, T>(
     match decided {
         Decided::Replayed(stored) => stored.respond(true),
         Decided::Refused(problem) => problem.into_response(),
-        Decided::Applied(stored, work) => {
+        Decided::Applied(stored, work, kind) => {
             then(&shared, work);
+            if let Some(hold) = shared.holds.take(kind) {
+                return hold.serve(stored, &shared.shutdown).await;
+            }
             shared.faults.after_effect(stored, &shared.shutdown).await
         }
     }
@@ -302,10 +320,11 @@ fn decide<B, T>(
                 then,
             } => {
                 let at = Utc::now();
+                let kind = effect.kind;
                 state
                     .effects
                     .insert(key, fingerprint, effect, response.clone(), at);
-                Decided::Applied(response, then)
+                Decided::Applied(response, then, kind)
             }
             Outcome::Refused(problem) => Decided::Refused(problem),
         },

@@ -29,6 +29,7 @@
 //!   stored responses, problem documents, and the state behind the one lock.
 //! - [`effects`]: [`Effect`], [`EffectKind`] and the store keyed by idempotency key.
 //! - [`faults`]: latency, errors before and after the effect, timeouts, from the seeded RNG.
+//! - [`hold`]: a response held after its effect until a test releases it.
 //! - [`payment`]: authorizations, captures, voids and refunds.
 //! - [`carrier`]: shipments, which schedule their webhooks.
 //! - [`notification`]: push and e-mail notifications.
@@ -39,6 +40,7 @@ pub mod carrier;
 pub mod effects;
 pub mod exchange;
 pub mod faults;
+pub mod hold;
 pub mod notification;
 pub mod payment;
 pub mod signature;
@@ -165,6 +167,8 @@ pub(crate) struct Shared {
     /// makes check-and-apply atomic. Never held across an await.
     pub state: Mutex<exchange::State>,
     pub faults: faults::Faults,
+    /// Responses tests asked to hold ([`Sandbox::hold_next`]).
+    pub holds: hold::Holds,
     pub webhooks: webhooks::Settings,
     /// Webhook deliveries in flight, so that `stop` can wait for them.
     pub tasks: TaskTracker,
@@ -183,6 +187,7 @@ pub async fn start(config: SandboxConfig, listen: SocketAddr) -> std::io::Result
     let shared = Arc::new(Shared {
         state: Mutex::new(exchange::State::new(config.seed)),
         faults: faults::Faults::new(&config),
+        holds: hold::Holds::default(),
         webhooks: webhooks::Settings::new(&config)?,
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
@@ -208,6 +213,12 @@ impl Sandbox {
     /// Every effect applied so far, in the order they were applied.
     pub fn effects(&self) -> Vec<Effect> {
         lock(&self.shared.state).effects.list()
+    }
+
+    /// Holds the response of the next request that applies a new effect of `kind` until the
+    /// returned [`hold::Held`] releases it, so a test can act while the call is in flight.
+    pub fn hold_next(&self, kind: EffectKind) -> hold::Held {
+        self.shared.holds.arm(kind)
     }
 
     /// Sends later webhooks to `url`: a sandbox can start before the Tally it calls back.

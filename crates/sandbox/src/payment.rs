@@ -4,7 +4,13 @@
 //! both. A capture can be refunded in parts up to the captured amount. Two amounts trigger
 //! documented failures, so that tests can drive the unhappy paths without a fault knob:
 //! [`DECLINE_REMAINDER`] and [`CAPTURE_FAILURE_REMAINDER`]. Requests refused for an unknown id
-//! or a wrong state (404, 409, 422) change nothing and record no effect.
+//! or a wrong state (404, 409, 422) change nothing and record no effect; a 409 names the
+//! authorization's state in its `code` ([`CAPTURED_CODE`], [`VOIDED_CODE`]).
+//!
+//! As a real provider does, a request repeated under its idempotency key is answered with the
+//! response stored the first time (with `Idempotent-Replayed: true`), whatever happened to the
+//! authorization since: an authorization asked for again after it was voided answers with the
+//! same `authorization_id`, so a caller that lost the first answer learns what to void.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +31,11 @@ pub const DECLINE_REMAINDER: i64 = 13;
 /// A capture of an authorization whose `amount_minor % 100` is this fails with 402
 /// `{"status":"failed","reason":"capture_failed"}`; the authorization stays open.
 pub const CAPTURE_FAILURE_REMAINDER: i64 = 17;
+
+/// The `code` of a 409 refusing a capture or void of a captured authorization.
+pub const CAPTURED_CODE: &str = "authorization_captured";
+/// The `code` of a 409 refusing a capture or void of a voided authorization.
+pub const VOIDED_CODE: &str = "authorization_voided";
 
 /// The provider's records of authorizations and captures.
 #[derive(Debug, Default)]
@@ -139,13 +150,10 @@ fn apply_capture(
     match authorization.status {
         AuthorizationStatus::Authorized => {}
         AuthorizationStatus::Captured => {
-            return Outcome::refused(
-                StatusCode::CONFLICT,
-                "the authorization is already captured",
-            );
+            return refused_as(CAPTURED_CODE, "the authorization is already captured");
         }
         AuthorizationStatus::Voided => {
-            return Outcome::refused(StatusCode::CONFLICT, "the authorization was voided");
+            return refused_as(VOIDED_CODE, "the authorization was voided");
         }
     }
     if amount_minor > authorization.amount_minor {
@@ -199,13 +207,13 @@ fn apply_void(state: &mut exchange::State, authorization_id: &str) -> Outcome<()
     match authorization.status {
         AuthorizationStatus::Authorized => {}
         AuthorizationStatus::Captured => {
-            return Outcome::refused(
-                StatusCode::CONFLICT,
+            return refused_as(
+                CAPTURED_CODE,
                 "the authorization is captured; refund the capture instead",
             );
         }
         AuthorizationStatus::Voided => {
-            return Outcome::refused(StatusCode::CONFLICT, "the authorization is already voided");
+            return refused_as(VOIDED_CODE, "the authorization is already voided");
         }
     }
     authorization.status = AuthorizationStatus::Voided;
@@ -260,6 +268,11 @@ fn apply_refund(state: &mut exchange::State, capture_id: &str, amount_minor: i64
     let refund_id = state.ids.next("re");
     let response = json!({"refund_id": refund_id, "status": "refunded"});
     Outcome::applied(effect, Stored::new(StatusCode::CREATED, response))
+}
+
+/// A 409 for an authorization in a state the request does not fit, with the state's `code`.
+fn refused_as(code: &'static str, detail: &str) -> Outcome<()> {
+    Outcome::Refused(Problem::new(StatusCode::CONFLICT, detail).with_code(code))
 }
 
 fn unknown(what: &str, id: &str) -> Outcome<()> {

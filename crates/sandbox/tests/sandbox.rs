@@ -223,8 +223,9 @@ async fn payment_state_rules() {
     let capture = text(&body, "capture_id").to_owned();
 
     let void_path = format!("/payments/authorizations/{authorization}/void");
-    let (status, _) = harness.post(&void_path, Some("v-1"), &json!({})).await;
+    let (status, body) = harness.post(&void_path, Some("v-1"), &json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(text(&body, "code"), "authorization_captured", "{body}");
 
     let refund_path = format!("/payments/captures/{capture}/refunds");
     let (status, _) = harness
@@ -264,11 +265,101 @@ async fn capture_after_void_conflicts() {
         .expect("the sandbox answers");
     assert_eq!(response.status(), StatusCode::OK);
     let capture_path = format!("/payments/authorizations/{authorization}/capture");
-    let (status, _) = harness
+    let (status, body) = harness
         .post(&capture_path, Some("c-1"), &json!({"amount_minor": 2_500}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(text(&body, "code"), "authorization_voided", "{body}");
+    let (status, body) = harness.post(&void_path, Some("v-2"), &json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(text(&body, "code"), "authorization_voided", "{body}");
     harness.sandbox.stop().await;
+}
+
+/// An authorization asked for again under its key, after its first answer was lost and after
+/// it was voided, answers with the authorization the provider made, as replayed, so a caller
+/// that never heard of it learns what it must void; nothing new is authorized.
+#[tokio::test]
+async fn an_authorization_asked_again_answers_with_the_one_made() {
+    let harness = spawn_sandbox(SandboxConfig {
+        error_after_effect_rate: 1.0,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let (status, _) = harness.authorize("auth-1", "order-1", 2_500).await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the answer is lost"
+    );
+    let response = harness
+        .http
+        .post(harness.url("/payments/authorizations"))
+        .header("Idempotency-Key", "auth-1")
+        .json(&json!({"order_id": "order-1", "amount_minor": 2_500, "currency": "EUR"}))
+        .send()
+        .await
+        .expect("the sandbox answers");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let body: Value = response.json().await.expect("a JSON body");
+    let authorization = text(&body, "authorization_id").to_owned();
+
+    let void_path = format!("/payments/authorizations/{authorization}/void");
+    let (status, _) = harness.post(&void_path, Some("v-1"), &json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a replay is never failed after the fact"
+    );
+    let (status, body) = harness.authorize("auth-1", "order-1", 2_500).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(text(&body, "authorization_id"), authorization);
+    let kinds: Vec<_> = harness.sandbox.effects().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EffectKind::Authorization, EffectKind::Void]);
+    harness.sandbox.stop().await;
+}
+
+/// A held response waits, with its effect applied, until the test releases it: as a lost
+/// answer (500) here, which a retry under the key then replays; other kinds are not held.
+#[tokio::test]
+async fn a_held_response_waits_for_its_release() {
+    let harness = Arc::new(spawn_sandbox(SandboxConfig::default()).await);
+    let mut held = harness
+        .sandbox
+        .hold_next(tally_sandbox::EffectKind::Capture);
+    let in_flight = {
+        let harness = Arc::clone(&harness);
+        tokio::spawn(async move { harness.authorize("auth-1", "order-1", 2_500).await })
+    };
+    let (status, body) = in_flight.await.expect("the request task");
+    assert_eq!(status, StatusCode::CREATED, "an authorization is not held");
+    let capture_path = format!(
+        "/payments/authorizations/{}/capture",
+        text(&body, "authorization_id")
+    );
+    let in_flight = {
+        let harness = Arc::clone(&harness);
+        let path = capture_path.clone();
+        tokio::spawn(async move {
+            harness
+                .post(&path, Some("c-1"), &json!({"amount_minor": 2_500}))
+                .await
+        })
+    };
+    held.applied().await;
+    let kinds: Vec<_> = harness.sandbox.effects().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EffectKind::Authorization, EffectKind::Capture]);
+    assert!(!in_flight.is_finished(), "the capture's answer is held");
+    held.release(tally_sandbox::hold::Release::ServerError);
+    let (status, _) = in_flight.await.expect("the request task");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, body) = harness
+        .post(&capture_path, Some("c-1"), &json!({"amount_minor": 2_500}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(&body, "status"), "captured");
+    assert_eq!(harness.sandbox.effects().len(), 2);
 }
 
 /// A mutating request without an Idempotency-Key is refused with 400 and records nothing; a

@@ -360,6 +360,14 @@ impl TestApp {
         .expect("POST /v1/inventory/adjustments")
     }
 
+    /// The in-process partner sandbox, for its knobs (a held response, say).
+    pub fn sandbox(&self) -> &tally_sandbox::Sandbox {
+        self.running
+            .sandbox
+            .as_ref()
+            .expect("a test app runs its partner sandbox in-process")
+    }
+
     /// Every effect the partner sandbox received.
     pub fn partner_effects(&self) -> Vec<tally_sandbox::Effect> {
         self.running

@@ -2,6 +2,15 @@
 //! reads an order's events in order and, for each, takes the next step (reserve stock,
 //! authorize, capture, request fulfillment, complete) or the compensation of the steps before
 //! it. This module decides; the checkout consumer performs partner calls and writes.
+//!
+//! # Layout
+//!
+//! - This file: the saga's persisted state ([`Saga`]), stock reservation choices, and which
+//!   statuses may be cancelled or returned.
+//! - [`decide`]: every step and compensation as a function of the order, the event and the
+//!   partners' answers.
+
+pub mod decide;
 
 use std::collections::BTreeMap;
 
@@ -34,7 +43,8 @@ pub struct Saga {
     pub tracking_number: Option<String>,
     pub refund_id: Option<String>,
     pub cancel_reason: Option<String>,
-    /// A client asked to cancel: steps stop calling partners and the saga cancels next.
+    /// A client asked to cancel: steps that have not called their partner yet stop, and the
+    /// saga cancels next.
     #[serde(default)]
     pub cancel_requested: bool,
 }
