@@ -281,12 +281,15 @@ async fn capture_after_void_conflicts() {
 /// that never heard of it learns what it must void; nothing new is authorized.
 #[tokio::test]
 async fn an_authorization_asked_again_answers_with_the_one_made() {
-    let harness = spawn_sandbox(SandboxConfig {
-        error_after_effect_rate: 1.0,
-        ..SandboxConfig::default()
-    })
-    .await;
-    let (status, _) = harness.authorize("auth-1", "order-1", 2_500).await;
+    let harness = Arc::new(spawn_sandbox(SandboxConfig::default()).await);
+    let mut held = harness.sandbox.hold_next(EffectKind::Authorization);
+    let first = {
+        let harness = Arc::clone(&harness);
+        tokio::spawn(async move { harness.authorize("auth-1", "order-1", 2_500).await })
+    };
+    held.applied().await;
+    held.release(tally_sandbox::hold::Release::ServerError);
+    let (status, _) = first.await.expect("the request task");
     assert_eq!(
         status,
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -317,7 +320,6 @@ async fn an_authorization_asked_again_answers_with_the_one_made() {
     assert_eq!(text(&body, "authorization_id"), authorization);
     let kinds: Vec<_> = harness.sandbox.effects().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EffectKind::Authorization, EffectKind::Void]);
-    harness.sandbox.stop().await;
 }
 
 /// A held response waits, with its effect applied, until the test releases it: as a lost
