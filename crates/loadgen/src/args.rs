@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// end cancelled after a void.
     #[arg(long, env = "TALLY_BENCH_CAPTURE_FAILURE_SHARE", default_value_t = 0.0)]
     pub capture_failure_share: f64,
+    /// Share of orders (0 to 1) the channel asks to cancel as soon as they are created, racing
+    /// the checkout saga's first steps: each must end cancelled, or run on if the cancellation
+    /// came too late (409).
+    #[arg(long, env = "TALLY_BENCH_CANCEL_SHARE", default_value_t = 0.0)]
+    pub cancel_share: f64,
     /// How often a request that failed the way a real channel retries (no connection, a reset,
     /// a timeout, a 5xx or a 429) is sent again with the same Idempotency-Key and body, after a
     /// backoff of 50 ms doubling to 1 s (or the server's Retry-After). 0 counts every such
@@ -201,6 +206,7 @@ impl BenchArgs {
             duplicate: share("duplicate-share", self.duplicate_share)?,
             decline: share("decline-share", self.decline_share)?,
             capture_failure: share("capture-failure-share", self.capture_failure_share)?,
+            cancel: share("cancel-share", self.cancel_share)?,
             settle_sample: share("settle-sample", self.settle_sample)?,
         };
         ensure!(

@@ -54,6 +54,17 @@ pub enum Answer {
     Transport { timeout: bool, connect: bool },
 }
 
+/// The answer to one `POST /v1/orders/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelAnswer {
+    /// 202: the saga cancels the order at its next step.
+    Accepted,
+    /// 409 `not-cancellable`: the order was handed to the carrier, or has ended.
+    TooLate,
+    /// Any other answer, sorted as an order's would be.
+    Other(Answer),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedOrder {
     pub id: Uuid,
@@ -177,6 +188,43 @@ impl Api {
                 retry_after: None,
             },
         }
+    }
+
+    /// Asks to cancel order `id` under `idempotency_key`.
+    pub async fn cancel_order(&self, idempotency_key: &str, id: Uuid) -> CancelAnswer {
+        let path = format!("/v1/orders/{id}/cancel");
+        let response = match self.post_json(&path, idempotency_key, b"{}".to_vec()).await {
+            Ok(response) => response,
+            Err(error) => {
+                return CancelAnswer::Other(Answer::Transport {
+                    timeout: error.is_timeout(),
+                    connect: error.is_connect(),
+                });
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status == StatusCode::ACCEPTED {
+            return CancelAnswer::Accepted;
+        }
+        if status == StatusCode::CONFLICT {
+            // A problem of type `not-cancellable` is the order's answer; any other 409 is the
+            // key still held by an earlier request.
+            let body = response.text().await.unwrap_or_default();
+            if body.contains("not-cancellable") {
+                return CancelAnswer::TooLate;
+            }
+            return CancelAnswer::Other(Answer::InFlight { retry_after });
+        }
+        CancelAnswer::Other(Answer::Refused {
+            status: status.as_u16(),
+            retry_after,
+        })
     }
 
     pub async fn order(&self, id: Uuid) -> anyhow::Result<OrderView> {

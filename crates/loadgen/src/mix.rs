@@ -72,6 +72,8 @@ pub struct Shares {
     pub duplicate: f64,
     pub decline: f64,
     pub capture_failure: f64,
+    /// Orders the channel asks to cancel once created.
+    pub cancel: f64,
     /// Orders polled for settlement while the load runs.
     pub settle_sample: f64,
 }
@@ -96,11 +98,11 @@ pub enum Payment {
 }
 
 impl Payment {
-    /// The terminal status an order with this payment must reach.
-    pub fn expected_status(self) -> &'static str {
+    /// The terminal status an order with this payment must reach, unless it is cancelled.
+    pub fn expected(self) -> &'static [&'static str] {
         match self {
-            Payment::Approve => "completed",
-            Payment::Decline | Payment::CaptureFailure => "cancelled",
+            Payment::Approve => &["completed"],
+            Payment::Decline | Payment::CaptureFailure => &["cancelled"],
         }
     }
 }
@@ -134,6 +136,8 @@ pub struct OrderPlan {
     pub customer: u64,
     /// Whether the order is polled for settlement while the load runs.
     pub sampled: bool,
+    /// Whether the channel asks to cancel the order as soon as it is created.
+    pub cancel: bool,
 }
 
 impl OrderPlan {
@@ -206,12 +210,15 @@ impl Mix {
         }
         let customer = rng.next_in(0, CUSTOMERS_COUNT - 1);
         let sampled = rng.next_unit() < self.shares.settle_sample;
+        // Drawn last, so that adding it left every earlier draw of a seed as it was.
+        let cancel = rng.next_unit() < self.shares.cancel;
         let plan = OrderPlan {
             intake,
             payment,
             lines,
             customer,
             sampled,
+            cancel,
         };
         let remainder = plan.total_minor() % 100;
         match payment {

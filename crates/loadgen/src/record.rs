@@ -78,8 +78,10 @@ pub struct Placed {
     /// When the order was due to be sent, on the client's wall clock.
     pub scheduled_at: DateTime<Utc>,
     pub measured: bool,
-    /// The terminal status the order's payment should lead to.
-    pub expected_status: &'static str,
+    /// The terminal statuses the order may reach: the one its payment leads to, or for an
+    /// order the channel cancelled, `cancelled` (or `completed`, should the saga have asked
+    /// the carrier to ship before the cancellation reached it).
+    pub expected: &'static [&'static str],
 }
 
 #[derive(Debug)]
@@ -99,6 +101,8 @@ pub struct Tallies {
     pub accepted_measured: u64,
     pub retry_orders: u64,
     pub duplicate_orders: u64,
+    pub cancels_accepted: u64,
+    pub cancels_too_late: u64,
     /// Copies beyond the first of duplicated orders: each should end in a replay.
     pub duplicate_copies_extra: u64,
     /// 409 answers to duplicate copies, each followed by a wait of `Retry-After`.
@@ -165,6 +169,8 @@ impl Recorder {
                 accepted_measured: 0,
                 retry_orders: 0,
                 duplicate_orders: 0,
+                cancels_accepted: 0,
+                cancels_too_late: 0,
                 duplicate_copies_extra: 0,
                 duplicate_conflicts: 0,
                 errors_by_status: BTreeMap::new(),

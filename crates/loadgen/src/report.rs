@@ -47,6 +47,7 @@ pub struct RunInfo {
     pub duplicate_share: f64,
     pub decline_share: f64,
     pub capture_failure_share: f64,
+    pub cancel_share: f64,
     /// Most retries of one request after a transient failure; 0 when failures are errors.
     pub transient_retries_max: u32,
 }
@@ -99,6 +100,10 @@ pub struct IntakeReport {
     pub replay_latency_ms: LatencySummary,
     pub retry_orders: u64,
     pub duplicate_orders: u64,
+    /// Orders the channel asked to cancel once created: accepted (202), and too late (409,
+    /// the order had been handed to the carrier or had ended).
+    pub cancels_accepted: u64,
+    pub cancels_too_late: u64,
     /// Copies beyond the first of duplicated orders; each should be a replay.
     pub duplicate_copies_extra: u64,
     /// 409 answers to duplicate copies (same key in flight), each retried after `Retry-After`.
@@ -187,8 +192,8 @@ pub fn settle_report(settle: &SettleRun) -> anyhow::Result<SettleReport> {
     let mut unexpected_outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for settled in &settle.settled {
         *by_status.entry(settled.status.clone()).or_default() += 1;
-        if settled.status != settled.placed.expected_status {
-            let outcome = format!("{}->{}", settled.placed.expected_status, settled.status);
+        if !settled.placed.expected.contains(&settled.status.as_str()) {
+            let outcome = format!("{}->{}", settled.placed.expected.join("|"), settled.status);
             *unexpected_outcomes.entry(outcome).or_default() += 1;
         }
         if settled.placed.measured {
@@ -280,6 +285,7 @@ impl Report {
                 duplicate_share: settings.shares.duplicate,
                 decline_share: settings.shares.decline,
                 capture_failure_share: settings.shares.capture_failure,
+                cancel_share: settings.shares.cancel,
                 transient_retries_max: settings.transient_retries,
             },
             intake: IntakeReport {
@@ -292,6 +298,8 @@ impl Report {
                 replay_latency_ms: LatencySummary::from_histogram(&tallies.replay),
                 retry_orders: tallies.retry_orders,
                 duplicate_orders: tallies.duplicate_orders,
+                cancels_accepted: tallies.cancels_accepted,
+                cancels_too_late: tallies.cancels_too_late,
                 duplicate_copies_extra: tallies.duplicate_copies_extra,
                 duplicate_conflicts: tallies.duplicate_conflicts,
                 clock_skew_suspect: tallies.clock_skew_suspect,
@@ -366,7 +374,7 @@ mod tests {
                 id: Uuid::now_v7(),
                 scheduled_at: at(due_ms),
                 measured,
-                expected_status: "completed",
+                expected: &["completed"],
             },
             status: status.to_owned(),
             terminal_at: at(terminal_ms),

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::client::{Answer, Api, PlacedOrder};
+use crate::client::{Answer, Api, CancelAnswer, PlacedOrder};
 use crate::mix::{Catalog, Intake, Mix};
 use crate::record::{Mismatch, Placed, Recorder, Tallies, record_latency};
 use crate::retry::{self, RETRY_AFTER_MAX};
@@ -163,11 +163,15 @@ impl Run {
             tallies.orders_retried += u64::from(outcome.retried);
             return;
         };
+        let expected = match plan.cancel {
+            true if self.cancel(&key, created.order.id).await => &["cancelled", "completed"],
+            _ => plan.payment.expected(),
+        };
         let placed = Placed {
             id: created.order.id,
             scheduled_at: self.clock.wall(self.clock.start + offset),
             measured: self.schedule.measured(offset),
-            expected_status: plan.payment.expected_status(),
+            expected,
         };
         self.record_created(&created, offset, placed, plan.sampled);
         let mut retried = outcome.retried;
@@ -178,6 +182,37 @@ impl Run {
             check_replay(&mut tallies, &key, created.order.id, &again);
         }
         self.recorder.lock().orders_retried += u64::from(retried);
+    }
+
+    /// Asks to cancel the order placed under `key`, as soon as it exists, sending again after
+    /// transient failures (and a 409 while the key is held) with the same key; `true` when the
+    /// cancellation was accepted, `false` when it came too late or failed (an error).
+    async fn cancel(&self, key: &str, id: Uuid) -> bool {
+        let key = format!("{key}-cancel");
+        let mut retries = 0;
+        loop {
+            self.recorder.lock().requests_sent += 1;
+            let answer = match self.api.cancel_order(&key, id).await {
+                CancelAnswer::Accepted => {
+                    self.recorder.lock().cancels_accepted += 1;
+                    return true;
+                }
+                CancelAnswer::TooLate => {
+                    self.recorder.lock().cancels_too_late += 1;
+                    return false;
+                }
+                CancelAnswer::Other(answer) => answer,
+            };
+            let again = matches!(answer, Answer::InFlight { .. }) || retry::is_transient(&answer);
+            if !again || retries >= self.transient_retries.max(1) {
+                let label = format!("cancel {}", retry::cause(&answer));
+                self.recorder.lock().error(label);
+                return false;
+            }
+            retries += 1;
+            self.recorder.lock().transient_retry(retry::cause(&answer));
+            tokio::time::sleep(retry::wait_before(retries, retry_after(&answer))).await;
+        }
     }
 
     fn record_created(&self, created: &Created, offset: Duration, placed: Placed, sampled: bool) {

@@ -271,7 +271,7 @@ mod tests {
                 id: Uuid::from_u128(i as u128),
                 scheduled_at: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(i as i64),
                 measured: true,
-                expected_status: "completed",
+                expected: &["completed"],
             })
             .collect()
     }

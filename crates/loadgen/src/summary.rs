@@ -64,13 +64,14 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  measured {:.1} s after {:.1} s warm-up; retry {}, duplicate {}, decline {}, capture failure {}",
+            "  measured {:.1} s after {:.1} s warm-up; retry {}, duplicate {}, decline {}, capture failure {}, cancel {}",
             run.measured_s,
             run.warmup_s,
             percent(run.retry_share),
             percent(run.duplicate_share),
             percent(run.decline_share),
             percent(run.capture_failure_share),
+            percent(run.cancel_share),
         )?;
         let intake = &self.intake;
         writeln!(
@@ -91,6 +92,13 @@ impl fmt::Display for Report {
             intake.duplicate_orders,
             intake.duplicate_conflicts
         )?;
+        if run.cancel_share > 0.0 {
+            writeln!(
+                f,
+                "  cancels  {} accepted, {} too late",
+                intake.cancels_accepted, intake.cancels_too_late
+            )?;
+        }
         if run.transient_retries_max > 0 || intake.transient_retries > 0 {
             writeln!(
                 f,

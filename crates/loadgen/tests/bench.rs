@@ -164,3 +164,55 @@ async fn a_catalog_of_many_products_takes_orders_on_every_one() {
     assert_eq!(report.settle.by_status.get("completed"), Some(&60));
     app.stop().await;
 }
+
+/// Proves that orders the channel cancels as soon as they are created, racing the saga's
+/// payment calls against a sandbox that fails some of them, each end cancelled (or completed
+/// when the cancellation came too late), and `tally check` with the sandbox's effects finds no
+/// authorization left open and every capture refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_cancelled_at_once_leave_nothing_authorized() {
+    let sandbox = tally_sandbox::SandboxConfig {
+        error_rate: 0.05,
+        error_after_effect_rate: 0.1,
+        seed: 5,
+        ..tally_sandbox::SandboxConfig::default()
+    };
+    let app = tally_testkit::spawn_app_with(Engine::Sqlite, Default::default(), sandbox).await;
+    let args = bench_args(
+        &app,
+        &[
+            "--rate",
+            "40",
+            "--orders",
+            "80",
+            "--concurrency",
+            "8",
+            "--cancel-share",
+            "0.5",
+            "--seed",
+            "3",
+        ],
+    );
+    let mix = args.settings().expect("settings").mix();
+    let cancels = (0..80).filter(|i| mix.plan(*i).cancel).count() as u64;
+    assert!(cancels > 20, "the mix cancels orders: {cancels}");
+
+    let report = run(&args).await.expect("the run");
+    println!("{report}");
+    assert_eq!(report.errors.total, 0, "{:#?}", report.errors);
+    let intake = &report.intake;
+    assert_eq!(intake.cancels_accepted + intake.cancels_too_late, cancels);
+    assert!(intake.cancels_accepted > 0, "{intake:#?}");
+    let settle = &report.settle;
+    assert_eq!(settle.settled, 80, "{settle:#?}");
+    assert!(settle.unexpected_outcomes.is_empty(), "{settle:#?}");
+    assert!(settle.by_status.get("cancelled").copied().unwrap_or(0) > 0);
+
+    tally_testkit::saga::wait_until_consumers_caught_up(app.store()).await;
+    let effects = app.partner_effects();
+    let check = tally::checks::all(app.store().as_ref(), Some(&effects))
+        .await
+        .expect("check");
+    assert!(check.is_clean(), "{check}\n{}", check.violations.join("\n"));
+    app.stop().await;
+}

@@ -917,6 +917,28 @@ mod tests {
                     Cancelled,
                 ]),
             ),
+            // A cancellation that found the authorization an unheard-of call made, and voided it.
+            (
+                order(S::Cancelled, &["auth"], false, Some("requested")),
+                events(&[Placed, Reserved, CancelRequested, Authorized, Cancelled]),
+            ),
+            // A cancellation whose void was refused as captured, which found and refunded it.
+            (
+                order(
+                    S::Cancelled,
+                    &["auth", "cap", "re"],
+                    false,
+                    Some("requested"),
+                ),
+                events(&[
+                    Placed,
+                    Reserved,
+                    Authorized,
+                    CancelRequested,
+                    Captured,
+                    Cancelled,
+                ]),
+            ),
             (
                 order(S::Completed, &paid, false, None),
                 events(&[&COMPLETED[..4], &[CancelRequested], &COMPLETED[4..]].concat()),

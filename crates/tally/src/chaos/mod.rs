@@ -51,6 +51,9 @@ pub const DUPLICATE_SHARE: f64 = 0.05;
 pub const DECLINE_SHARE: f64 = 0.02;
 /// Share of orders whose price makes the capture fail: they end cancelled after a void.
 pub const CAPTURE_FAILURE_SHARE: f64 = 0.01;
+/// Share of orders the channel asks to cancel as soon as they are created, racing the saga's
+/// payment calls: each ends cancelled with nothing left authorized or captured, or runs on.
+pub const CANCEL_SHARE: f64 = 0.03;
 /// Order requests in flight at most: room for the backlog a killed API leaves behind.
 pub const LOAD_CONCURRENCY: u32 = 256;
 /// Retries of one request after transient failures: with the load generator's backoff
@@ -223,6 +226,7 @@ impl ChaosArgs {
             duplicate_share: DUPLICATE_SHARE,
             decline_share: DECLINE_SHARE,
             capture_failure_share: CAPTURE_FAILURE_SHARE,
+            cancel_share: CANCEL_SHARE,
             transient_retries: TRANSIENT_RETRIES,
             seed: self.seed,
             // Few SKUs, so that concurrent reservations contend for the same stock rows.

@@ -205,7 +205,7 @@ impl fmt::Display for ChaosReport {
         writeln!(
             f,
             "faults   partner errors {}, errors after the effect {}, timeouts {}, webhooks x{}; \
-             orders re-sent {}, duplicated {}, declined {}, failing capture {}",
+             orders re-sent {}, duplicated {}, declined {}, failing capture {}, cancelled {}",
             percent(faults.error_rate),
             percent(faults.error_after_effect_rate),
             percent(faults.timeout_rate),
@@ -214,6 +214,7 @@ impl fmt::Display for ChaosReport {
             percent(run.duplicate_share),
             percent(run.decline_share),
             percent(run.capture_failure_share),
+            percent(run.cancel_share),
         )?;
         let intake = &self.load.intake;
         writeln!(
