@@ -94,7 +94,7 @@ impl Handler for Checkout {
             return Ok(());
         };
         let order = order_of(event)?;
-        let (snapshot, asked) = read(delivery, event, order, trigger).await?;
+        let (snapshot, asked, shipment_settled) = read(delivery, event, order, trigger).await?;
         let mut attempt = Attempt {
             event,
             order,
@@ -103,6 +103,7 @@ impl Handler for Checkout {
                 group: CHECKOUT_GROUP,
                 event: event.id,
                 asked,
+                shipment_settled,
             },
             answers: Vec::new(),
         };
@@ -111,6 +112,9 @@ impl Handler for Checkout {
                 Decision::Skip => return skip(delivery).await,
                 Decision::Refuse(reason) => {
                     return Err(EffectError::Permanent(format!("order {order}: {reason}")));
+                }
+                Decision::Wait(reason) => {
+                    return Err(EffectError::Transient(format!("order {order}: {reason}")));
                 }
                 Decision::Reserve => return reserve(&attempt, delivery, snapshot).await,
                 Decision::Commit(outcome) => {
@@ -180,14 +184,15 @@ impl Checkout {
     }
 }
 
-/// The order before the step, read without a lock, and for a cancellation the event that
-/// asked for the partner call its status awaits (read with it, as of one moment).
+/// The order before the step, read without a lock, and for a cancellation what its
+/// [`Context`] needs: the event that asked for the partner call the order's status awaits (read
+/// with the order, as of one moment), and whether the shipment step is settled (read before).
 async fn read(
     delivery: &Delivery,
     event: &LogEvent,
     order: OrderId,
     trigger: Trigger,
-) -> Result<(OrderState, Option<EventId>), EffectError> {
+) -> Result<(OrderState, Option<EventId>, bool), EffectError> {
     let missing = || EffectError::Permanent(format!("order {order} does not exist"));
     let store = delivery.store();
     if trigger != Trigger::CancellationRequested {
@@ -195,8 +200,14 @@ async fn read(
             .order(event.tenant_id, order)
             .await?
             .ok_or_else(missing)?;
-        return Ok((state_of(record), None));
+        return Ok((state_of(record), None, true));
     }
+    let earlier = store.timeline(event.tenant_id, &order.to_string()).await?;
+    let captured = EventType::OrderPaymentCaptured.as_str();
+    let shipment_settled = match earlier.iter().find(|e| e.event_type == captured) {
+        Some(entry) => store.inbox_contains(CHECKOUT_GROUP, entry.event_id).await?,
+        None => true,
+    };
     let (record, timeline) = store
         .order_and_timeline(event.tenant_id, order)
         .await?
@@ -209,7 +220,7 @@ async fn read(
             .find(|entry| entry.event_type == wanted.as_str())
             .map(|entry| entry.event_id)
     });
-    Ok((state, asked))
+    Ok((state, asked, shipment_settled))
 }
 
 fn state_of(record: OrderRecord) -> OrderState {
@@ -268,7 +279,7 @@ async fn commit(
         Decision::Skip => delivery.finish(tx).await,
         // The answers were for the order as it was: the step starts over on the order as it
         // is, under the same keys, so the partners answer what they did.
-        Decision::Call(_) | Decision::Reserve | Decision::Refuse(_) => {
+        Decision::Call(_) | Decision::Reserve | Decision::Refuse(_) | Decision::Wait(_) => {
             tx.rollback().await?;
             Err(EffectError::Transient(format!(
                 "order {} changed while its {:?} step called partners; deciding again",

@@ -14,6 +14,8 @@
 //! - [`catalog`]: SKUs, products, variants and their prices.
 //! - [`inventory`]: stock per SKU and location, and the adjustment decision.
 //! - [`order`]: quantities, order lines, statuses and the placement decision.
+//! - [`checkout`]: the checkout saga's state, and every step and compensation it decides
+//!   ([`checkout::decide`]).
 //! - [`event`]: event types and the drafts a decision emits into the outbox.
 //! - [`idempotency`]: idempotency keys and request fingerprints.
 //! - [`clock`]: the injected clock.

@@ -95,6 +95,16 @@ pub struct TimelineEntry {
     pub time: DateTime<Utc>,
 }
 
+/// The server's `Retry-After`, in whole seconds, if it gave one.
+fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 impl Api {
     /// A client whose pool keeps up to `connections` idle connections to the server, so that
     /// steady load never opens new ones.
@@ -158,12 +168,7 @@ impl Api {
             .headers()
             .get("idempotent-replayed")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after_of(&response);
         if status == StatusCode::CONFLICT {
             return Answer::InFlight { retry_after };
         }
@@ -203,12 +208,7 @@ impl Api {
             }
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after_of(&response);
         if status == StatusCode::ACCEPTED {
             return CancelAnswer::Accepted;
         }

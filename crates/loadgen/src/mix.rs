@@ -397,6 +397,7 @@ mod tests {
             lines: vec![(Item::Ordinary(3), 2), (Item::Decline, 1)],
             customer: 5,
             sampled: false,
+            cancel: false,
         };
         let body = catalog.order_body(&plan);
         assert_eq!(

@@ -148,6 +148,13 @@ pub struct Context {
     /// For a cancellation, the event of [`asking_event`] for the order's status (`None`
     /// otherwise): the cancellation asks the provider again under that step's key.
     pub asked: Option<EventId>,
+    /// For a cancellation, whether the shipment step is settled: its `payment_captured` event
+    /// applied by the group, or not there yet. `false` while that event is parked as a dead
+    /// letter, whose call to the carrier may have been made: a carrier cannot be asked whether
+    /// it holds a shipment without making one, so the cancellation of a captured order waits
+    /// for that letter rather than refund goods that may be on their way. Read before the
+    /// order, so that a shipment step applied after it was read is seen in the order.
+    pub shipment_settled: bool,
 }
 
 impl Context {
@@ -231,6 +238,8 @@ pub enum Decision {
     Commit(Box<Outcome>),
     /// The order and the answers contradict each other: retrying cannot help.
     Refuse(String),
+    /// Not yet: another step's outcome must be known first; retry later.
+    Wait(String),
 }
 
 /// A step's writes: the order's new status and saga state, the journal entries, the events and
@@ -552,6 +561,17 @@ fn refund(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
         return Decision::Skip;
     };
     let key = context.key("refund");
+    // A cancellation too late to stop the shipment refunded the payment already, and booked
+    // it: the return completes with that refund.
+    if let Some(refund_id) = saga.refund_id.clone() {
+        return commit(Outcome {
+            status: OrderStatus::Refunded,
+            saga: saga.clone(),
+            bookings: Vec::new(),
+            announcements: vec![Announcement::Refunded { refund_id }],
+            stock: StockMove::Keep,
+        });
+    }
     match answers {
         [] => Decision::Call(Call::Refund { key, capture_id }),
         [Answer::Refunded { refund_id }] => {
@@ -581,13 +601,7 @@ fn cancel(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
         commit(cancelled(saga, CancelReason::Requested, bookings, before))
     };
     match status {
-        _ if !cancellable(status) => commit(Outcome {
-            status,
-            saga,
-            bookings: Vec::new(),
-            announcements: Vec::new(),
-            stock: StockMove::Keep,
-        }),
+        _ if !cancellable(status) => too_late(status, saga, context, answers),
         OrderStatus::Placed => requested(saga, Vec::new(), Vec::new()),
         OrderStatus::Reserved => cancel_reserved(saga, context, answers),
         OrderStatus::Authorized => cancel_authorized(saga, context, answers),
@@ -597,6 +611,11 @@ fn cancel(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
             };
             let key = context.key("refund");
             match answers {
+                [] if !context.shipment_settled => Decision::Wait(
+                    "the order's shipment step is a dead letter and may have reached the \
+                     carrier: retry it first"
+                        .to_owned(),
+                ),
                 [] => Decision::Call(Call::Refund { key, capture_id }),
                 [Answer::Refunded { refund_id }] => {
                     saga.refund_id = Some(refund_id.clone());
@@ -607,6 +626,33 @@ fn cancel(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
         }
         _ => unexpected("cancellation", status, answers),
     }
+}
+
+/// A cancellation of an order past the point of cancelling: the request flag clears. Should
+/// this attempt have refunded the capture before another step moved the order on (a retried
+/// dead letter shipping it meanwhile), the refund is booked all the same: the money went back,
+/// and the ledger says so; the order goes on to the customer, and `tally check` names it.
+fn too_late(
+    status: OrderStatus,
+    mut saga: Saga,
+    context: &Context,
+    answers: &[Answer],
+) -> Decision {
+    let mut bookings = Vec::new();
+    if let Some(Answer::Refunded { refund_id }) = answers.last() {
+        if saga.capture_id.is_none() {
+            return unexpected("cancellation", status, answers);
+        }
+        saga.refund_id = Some(refund_id.clone());
+        bookings.push(Booking::Refund(context.key("refund")));
+    }
+    commit(Outcome {
+        status,
+        saga,
+        bookings,
+        announcements: Vec::new(),
+        stock: StockMove::Keep,
+    })
 }
 
 /// Cancels a reserved order. Its authorization step may have reached the provider (an answer

@@ -17,6 +17,7 @@ fn context() -> Context {
         group: GROUP,
         event: event(1),
         asked: None,
+        shipment_settled: true,
     }
 }
 
@@ -56,6 +57,17 @@ fn saga_at(status: OrderStatus) -> Saga {
         capture_id: past(&[S::Captured]).then(|| "cap_1".into()),
         ..Saga::default()
     }
+}
+
+/// The decision for `trigger` on an order at `status` with `saga`, as a function of the
+/// answers so far.
+fn at(
+    status: OrderStatus,
+    saga: &Saga,
+    trigger: Trigger,
+    context: Context,
+) -> impl Fn(&[Answer]) -> Decision + '_ {
+    move |answers| decide(status, saga, trigger, &context, answers)
 }
 
 fn requested(mut saga: Saga) -> Saga {
@@ -130,15 +142,12 @@ fn reserving_holds_the_chosen_stock_or_cancels_for_the_missing_sku() {
 #[test]
 fn authorizing_records_the_authorization_and_books_its_pending_entry() {
     let saga = saga_at(OrderStatus::Reserved);
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Reserved,
-            &saga,
-            Trigger::StockReserved,
-            &context(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Reserved,
+        &saga,
+        Trigger::StockReserved,
+        context(),
+    );
     assert_eq!(
         step(&[]),
         Decision::Call(Call::Authorize {
@@ -184,30 +193,24 @@ fn a_declined_card_cancels_and_releases_the_stock() {
 #[test]
 fn a_cancellation_request_stops_a_step_only_before_its_call() {
     let saga = requested(saga_at(OrderStatus::Reserved));
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Reserved,
-            &saga,
-            Trigger::StockReserved,
-            &context(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Reserved,
+        &saga,
+        Trigger::StockReserved,
+        context(),
+    );
     assert_eq!(step(&[]), Decision::Skip);
     let done = outcome(step(&[authorized("auth_7")]));
     assert_eq!(done.status, OrderStatus::Authorized);
     assert!(done.saga.cancel_requested, "the cancellation still follows");
 
     let saga = requested(saga_at(OrderStatus::Authorized));
-    let capture = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Authorized,
-            &saga,
-            Trigger::PaymentAuthorized,
-            &context(),
-            answers,
-        )
-    };
+    let capture = at(
+        OrderStatus::Authorized,
+        &saga,
+        Trigger::PaymentAuthorized,
+        context(),
+    );
     assert_eq!(capture(&[]), Decision::Skip);
     assert_eq!(
         outcome(capture(&[captured("cap_7")])).status,
@@ -239,15 +242,12 @@ fn a_step_whose_order_moved_on_does_nothing_even_after_its_call() {
 #[test]
 fn capturing_posts_the_authorization_and_books_the_sale() {
     let saga = saga_at(OrderStatus::Authorized);
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Authorized,
-            &saga,
-            Trigger::PaymentAuthorized,
-            &context(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Authorized,
+        &saga,
+        Trigger::PaymentAuthorized,
+        context(),
+    );
     assert_eq!(
         step(&[]),
         Decision::Call(Call::Capture {
@@ -268,15 +268,12 @@ fn capturing_posts_the_authorization_and_books_the_sale() {
 #[test]
 fn a_failed_capture_voids_the_authorization_then_cancels() {
     let saga = saga_at(OrderStatus::Authorized);
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Authorized,
-            &saga,
-            Trigger::PaymentAuthorized,
-            &context(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Authorized,
+        &saga,
+        Trigger::PaymentAuthorized,
+        context(),
+    );
     assert_eq!(
         step(&[Answer::CaptureFailed]),
         Decision::Call(Call::Void {
@@ -300,15 +297,12 @@ fn a_failed_capture_voids_the_authorization_then_cancels() {
 #[test]
 fn fulfilment_completion_and_refund_follow_their_answers() {
     let saga = saga_at(OrderStatus::Captured);
-    let ship = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Captured,
-            &saga,
-            Trigger::PaymentCaptured,
-            &context(),
-            answers,
-        )
-    };
+    let ship = at(
+        OrderStatus::Captured,
+        &saga,
+        Trigger::PaymentCaptured,
+        context(),
+    );
     assert_eq!(
         ship(&[]),
         Decision::Call(Call::Ship {
@@ -330,15 +324,7 @@ fn fulfilment_completion_and_refund_follow_their_answers() {
     );
     assert_eq!(complete(OrderStatus::Shipped), Decision::Skip);
 
-    let refund = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Returned,
-            &saga,
-            Trigger::Returned,
-            &context(),
-            answers,
-        )
-    };
+    let refund = at(OrderStatus::Returned, &saga, Trigger::Returned, context());
     assert_eq!(
         refund(&[]),
         Decision::Call(Call::Refund {
@@ -372,15 +358,12 @@ fn cancelling_a_placed_order_clears_the_request_and_cancels() {
 #[test]
 fn cancelling_a_reserved_order_finds_its_authorization_and_voids_it() {
     let saga = requested(saga_at(OrderStatus::Reserved));
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Reserved,
-            &saga,
-            Trigger::CancellationRequested,
-            &cancelling(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Reserved,
+        &saga,
+        Trigger::CancellationRequested,
+        cancelling(),
+    );
     assert_eq!(
         step(&[]),
         Decision::Call(Call::Authorize {
@@ -435,15 +418,12 @@ fn cancelling_a_reserved_order_finds_its_authorization_and_voids_it() {
 #[test]
 fn cancelling_an_authorized_order_voids_it() {
     let saga = requested(saga_at(OrderStatus::Authorized));
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Authorized,
-            &saga,
-            Trigger::CancellationRequested,
-            &cancelling(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Authorized,
+        &saga,
+        Trigger::CancellationRequested,
+        cancelling(),
+    );
     assert_eq!(
         step(&[]),
         Decision::Call(Call::Void {
@@ -462,15 +442,12 @@ fn cancelling_an_authorized_order_voids_it() {
 #[test]
 fn cancelling_an_order_whose_capture_raced_it_refunds_the_capture() {
     let saga = requested(saga_at(OrderStatus::Authorized));
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Authorized,
-            &saga,
-            Trigger::CancellationRequested,
-            &cancelling(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Authorized,
+        &saga,
+        Trigger::CancellationRequested,
+        cancelling(),
+    );
     let raced = [Answer::AuthorizationCaptured];
     assert_eq!(
         step(&raced),
@@ -513,15 +490,12 @@ fn cancelling_an_order_whose_capture_raced_it_refunds_the_capture() {
 #[test]
 fn cancelling_a_captured_order_refunds_it() {
     let saga = requested(saga_at(OrderStatus::Captured));
-    let step = |answers: &[Answer]| {
-        decide(
-            OrderStatus::Captured,
-            &saga,
-            Trigger::CancellationRequested,
-            &context(),
-            answers,
-        )
-    };
+    let step = at(
+        OrderStatus::Captured,
+        &saga,
+        Trigger::CancellationRequested,
+        context(),
+    );
     assert_eq!(
         step(&[]),
         Decision::Call(Call::Refund {
@@ -573,4 +547,50 @@ fn every_trigger_names_its_event_and_back() {
         Some(EventType::OrderPaymentAuthorized)
     );
     assert_eq!(asking_event(OrderStatus::Captured), None);
+}
+
+/// A captured order whose shipment step is a dead letter may be on its way to the customer:
+/// its cancellation waits for that letter rather than refund it.
+#[test]
+fn cancelling_a_captured_order_waits_for_a_shipment_step_of_unknown_outcome() {
+    let saga = requested(saga_at(OrderStatus::Captured));
+    let unsettled = Context {
+        shipment_settled: false,
+        ..context()
+    };
+    let decision = decide(
+        OrderStatus::Captured,
+        &saga,
+        Trigger::CancellationRequested,
+        &unsettled,
+        &[],
+    );
+    assert!(matches!(decision, Decision::Wait(_)), "{decision:?}");
+}
+
+/// A cancellation that refunded before another step shipped the order books its refund all
+/// the same, and a later return completes with that refund instead of refunding twice.
+#[test]
+fn a_refund_made_too_late_is_booked_and_not_repeated_by_a_return() {
+    let saga = requested(saga_at(OrderStatus::Captured));
+    let done = outcome(decide(
+        OrderStatus::FulfillmentRequested,
+        &saga,
+        Trigger::CancellationRequested,
+        &context(),
+        &[refunded("re_1")],
+    ));
+    assert_eq!(done.status, OrderStatus::FulfillmentRequested);
+    assert_eq!(done.saga.refund_id.as_deref(), Some("re_1"));
+    assert_eq!(done.bookings, [Booking::Refund(key(1, "refund"))]);
+
+    let returned = outcome(decide(
+        OrderStatus::Returned,
+        &done.saga,
+        Trigger::Returned,
+        &context(),
+        &[],
+    ));
+    assert_eq!(returned.status, OrderStatus::Refunded);
+    assert!(returned.bookings.is_empty(), "the refund is booked once");
 }
