@@ -205,7 +205,11 @@ async fn read(
     let earlier = store.timeline(event.tenant_id, &order.to_string()).await?;
     let captured = EventType::OrderPaymentCaptured.as_str();
     let shipment_settled = match earlier.iter().find(|e| e.event_type == captured) {
-        Some(entry) => store.inbox_contains(CHECKOUT_GROUP, entry.event_id).await?,
+        Some(entry) => {
+            !store
+                .dead_letter_unsettled(CHECKOUT_GROUP, entry.event_id)
+                .await?
+        }
         None => true,
     };
     let (record, timeline) = store

@@ -363,7 +363,7 @@ impl World {
         self.log
             .iter()
             .find(|(_, t)| *t == EventType::OrderPaymentCaptured)
-            .is_none_or(|(id, _)| self.inbox.contains(id))
+            .is_none_or(|(id, _)| !self.dead.contains(id))
     }
 
     fn crashes(&mut self) -> bool {

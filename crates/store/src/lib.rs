@@ -310,6 +310,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(self.inbox_holds(group, &[event]).await?.contains(&event))
     }
 
+    /// Whether `group` parked `event` as a dead letter that is open or being retried: its
+    /// effect is not applied, and what its partner call did is unknown.
+    async fn dead_letter_unsettled(&self, group: &str, event: EventId) -> Result<bool, StoreError>;
     /// A tenant's dead letters, newest first, optionally of one status.
     async fn dead_letters(
         &self,

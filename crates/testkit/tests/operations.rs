@@ -42,6 +42,7 @@ tally_testkit::engine_tests!(
     ledger_and_audit_tell_a_completed_orders_story,
     dead_letters_are_listed_by_status,
     dead_letters_are_discarded_once,
+    a_dead_letter_is_unsettled_until_retried,
 );
 
 const WEBHOOK: &str = "/v1/webhooks/carrier";
@@ -949,6 +950,41 @@ async fn insert_dead_letter(app: &TestApp) -> Uuid {
         .expect("insert a dead letter");
     tx.commit().await.expect("commit the dead letter");
     letter.id
+}
+
+/// A parked event's letter reads as unsettled (its effect not applied) while open and while
+/// being retried, and no longer once retried; another event, or the same event of another
+/// group, has none.
+async fn a_dead_letter_is_unsettled_until_retried(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let id = insert_dead_letter(&app).await;
+    let store = app.store();
+    let letter = store
+        .dead_letter(app.tenant, id)
+        .await
+        .expect("read a dead letter")
+        .expect("the dead letter exists");
+    let group = tally_checkout::CHECKOUT_GROUP;
+    let unsettled = |group: &'static str, event: EventId| async move {
+        store
+            .dead_letter_unsettled(group, event)
+            .await
+            .expect("look up the letter")
+    };
+    assert!(unsettled(group, letter.event_id).await, "an open letter");
+    assert!(!unsettled(group, EventId::generate()).await, "no letter");
+    assert!(!unsettled("notifications", letter.event_id).await);
+    let now = app.clock.now();
+    let moved = store.set_dead_letter_status(app.tenant, id, "open", "retrying", now);
+    assert!(moved.await.expect("ask for a retry"));
+    assert!(
+        unsettled(group, letter.event_id).await,
+        "a letter being retried"
+    );
+    let moved = store.set_dead_letter_status(app.tenant, id, "retrying", "retried", now);
+    assert!(moved.await.expect("settle the letter"));
+    assert!(!unsettled(group, letter.event_id).await, "a retried letter");
+    app.stop().await;
 }
 
 /// The ids of the letters a listing returns.

@@ -148,12 +148,13 @@ pub struct Context {
     /// For a cancellation, the event of [`asking_event`] for the order's status (`None`
     /// otherwise): the cancellation asks the provider again under that step's key.
     pub asked: Option<EventId>,
-    /// For a cancellation, whether the shipment step is settled: its `payment_captured` event
-    /// applied by the group, or not there yet. `false` while that event is parked as a dead
-    /// letter, whose call to the carrier may have been made: a carrier cannot be asked whether
-    /// it holds a shipment without making one, so the cancellation of a captured order waits
-    /// for that letter rather than refund goods that may be on their way. Read before the
-    /// order, so that a shipment step applied after it was read is seen in the order.
+    /// For a cancellation, whether the shipment step is settled: `false` while its
+    /// `payment_captured` event is parked as a dead letter not yet applied, whose call to the
+    /// carrier may have been made. A carrier cannot be asked whether it holds a shipment without
+    /// making one, so the cancellation of a captured order waits for that letter rather than
+    /// refund goods that may be on their way. (The lane applies an order's events in order, so
+    /// an earlier event not parked is applied by the time the cancellation runs.) Read before
+    /// the order, so that a shipment step applied after it was read is seen in the order.
     pub shipment_settled: bool,
 }
 

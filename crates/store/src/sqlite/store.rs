@@ -703,6 +703,14 @@ impl Store for SqliteStore {
         Ok(held)
     }
 
+    async fn dead_letter_unsettled(&self, group: &str, event: EventId) -> Result<bool, StoreError> {
+        let found = sql::query(UNSETTLED_DEAD_LETTER)
+            .bind(group)
+            .bind(event.as_uuid())
+            .fetch_optional(&*self.reader().await?)?;
+        Ok(found.is_some())
+    }
+
     async fn dead_letters(
         &self,
         tenant: TenantId,
@@ -839,6 +847,8 @@ fn log_event(row: &Row) -> Result<LogEvent, StoreError> {
     })
 }
 
+/// A letter of (group, event) not yet applied: the unique key (group_name, event_id) finds it.
+const UNSETTLED_DEAD_LETTER: &str = "SELECT 1 FROM dead_letters WHERE group_name = ? AND event_id = ? AND status IN ('open', 'retrying')";
 const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
 
 fn dead_letter(row: &Row) -> Result<DeadLetterRecord, StoreError> {
