@@ -186,7 +186,8 @@ impl Checkout {
 
 /// The order before the step, read without a lock, and for a cancellation what its
 /// [`Context`] needs: the event that asked for the partner call the order's status awaits (read
-/// with the order, as of one moment), and whether the shipment step is settled (read before).
+/// with the order, as of one moment), and for a captured order whether its shipment step is
+/// settled (read before the order the decision is made on).
 async fn read(
     delivery: &Delivery,
     event: &LogEvent,
@@ -202,29 +203,35 @@ async fn read(
             .ok_or_else(missing)?;
         return Ok((state_of(record), None, true));
     }
-    let earlier = store.timeline(event.tenant_id, &order.to_string()).await?;
-    let captured = EventType::OrderPaymentCaptured.as_str();
-    let shipment_settled = match earlier.iter().find(|e| e.event_type == captured) {
-        Some(entry) => {
-            !store
-                .dead_letter_unsettled(CHECKOUT_GROUP, entry.event_id)
-                .await?
-        }
-        None => true,
-    };
     let (record, timeline) = store
         .order_and_timeline(event.tenant_id, order)
         .await?
         .ok_or_else(missing)?;
     let state = state_of(record);
-    let asked = asking_event(status_of(&state)?).and_then(|wanted| {
+    let status = status_of(&state)?;
+    let event_of = |wanted: EventType| {
         timeline
             .iter()
             .rev()
             .find(|entry| entry.event_type == wanted.as_str())
             .map(|entry| entry.event_id)
-    });
-    Ok((state, asked, shipment_settled))
+    };
+    let asked = asking_event(status).and_then(event_of);
+    let shipping = event_of(EventType::OrderPaymentCaptured);
+    let (OrderStatus::Captured, Some(shipping)) = (status, shipping) else {
+        return Ok((state, asked, true));
+    };
+    // A captured order's refund waits while its shipment step is parked. Whether it is is read
+    // first and the order again after, so that a shipment step applied in between shows in
+    // the order the decision is made on.
+    let shipment_settled = !store
+        .dead_letter_unsettled(CHECKOUT_GROUP, shipping)
+        .await?;
+    let record = store
+        .order(event.tenant_id, order)
+        .await?
+        .ok_or_else(missing)?;
+    Ok((state_of(record), asked, shipment_settled))
 }
 
 fn state_of(record: OrderRecord) -> OrderState {

@@ -156,7 +156,7 @@ impl Delivery {
 
     /// The idempotency key of `step` of this delivery, for partner calls.
     pub fn idempotency_key(&self, step: &str) -> String {
-        format!("{}:{}:{step}", self.group, self.event.id)
+        tally_domain::idempotency::step_key(self.group, self.event.id, step)
     }
 
     /// Begins the effect's transaction and claims the event in the group's inbox. `None` means

@@ -3,6 +3,15 @@
 use serde::Serialize;
 
 use crate::ParseError;
+use crate::ids::EventId;
+
+/// The key of one step a consumer takes for one event: `{consumer}:{event}:{step}`. It is the
+/// idempotency key of the step's partner call and the id of its journal entry, so a step
+/// repeated by a retry, a redelivery or a cancellation that asks again makes the same call and
+/// books the same entry. Written once here for the dispatcher, the ledger and the saga.
+pub fn step_key(consumer: &str, event: EventId, step: &str) -> String {
+    format!("{consumer}:{event}:{step}")
+}
 
 /// Length limit of an idempotency key, in bytes. UUIDs and ULIDs fit many times over; the limit
 /// bounds the key index.

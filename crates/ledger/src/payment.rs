@@ -11,7 +11,7 @@ use crate::{AccountId, JournalEntry, LedgerError, post};
 /// The entry id of one step of one consumer for one event: `{consumer}:{event_id}:{step}`. A
 /// retry of the step derives the same id, which is what makes the ledger write idempotent.
 pub fn entry_id(consumer: &str, event_id: EventId, step: &str) -> String {
-    format!("{consumer}:{event_id}:{step}")
+    tally_domain::idempotency::step_key(consumer, event_id, step)
 }
 
 /// The payment provider reserved `amount_minor` on the customer's card for an order: a pending

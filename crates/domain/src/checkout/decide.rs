@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 
 use super::{OutOfStock, Reservation, Saga, cancellable};
 use crate::event::EventType;
+use crate::idempotency::step_key;
 use crate::ids::EventId;
 use crate::order::OrderStatus;
 
@@ -134,7 +135,7 @@ pub struct StepKey {
 
 impl fmt::Display for StepKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.group, self.event, self.step)
+        f.write_str(&step_key(self.group, self.event, self.step))
     }
 }
 
@@ -432,6 +433,23 @@ fn commit(outcome: Outcome) -> Decision {
     Decision::Commit(Box::new(outcome))
 }
 
+/// A forward step's outcome: the order moves to `status` with `saga`, books `bookings` and
+/// announces it; its stock stays as it is.
+fn advanced(
+    status: OrderStatus,
+    saga: Saga,
+    bookings: Vec<Booking>,
+    announcement: Announcement,
+) -> Decision {
+    commit(Outcome {
+        status,
+        saga,
+        bookings,
+        announcements: vec![announcement],
+        stock: StockMove::Keep,
+    })
+}
+
 fn authorize(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer]) -> Decision {
     if !applies(status, saga, OrderStatus::Reserved, answers) {
         return Decision::Skip;
@@ -442,15 +460,11 @@ fn authorize(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Ans
         [Answer::Authorized { authorization_id }] => {
             let mut saga = saga.clone();
             record_authorization(&mut saga, authorization_id, key);
-            commit(Outcome {
-                status: OrderStatus::Authorized,
-                saga,
-                bookings: vec![Booking::Authorization(key)],
-                announcements: vec![Announcement::PaymentAuthorized {
-                    authorization_id: authorization_id.clone(),
-                }],
-                stock: StockMove::Keep,
-            })
+            let announcement = Announcement::PaymentAuthorized {
+                authorization_id: authorization_id.clone(),
+            };
+            let booking = Booking::Authorization(key);
+            advanced(OrderStatus::Authorized, saga, vec![booking], announcement)
         }
         [Answer::Declined { reason }] => commit(cancelled(
             saga.clone(),
@@ -485,15 +499,11 @@ fn capture(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answe
         [Answer::Captured { capture_id }] => {
             let mut saga = saga.clone();
             saga.capture_id = Some(capture_id.clone());
-            commit(Outcome {
-                status: OrderStatus::Captured,
-                saga,
-                bookings: vec![Booking::Capture(context.key("capture"))],
-                announcements: vec![Announcement::PaymentCaptured {
-                    capture_id: capture_id.clone(),
-                }],
-                stock: StockMove::Keep,
-            })
+            let announcement = Announcement::PaymentCaptured {
+                capture_id: capture_id.clone(),
+            };
+            let booking = Booking::Capture(context.key("capture"));
+            advanced(OrderStatus::Captured, saga, vec![booking], announcement)
         }
         [Answer::CaptureFailed] => Decision::Call(Call::Void {
             key: void_key,
@@ -529,16 +539,16 @@ fn fulfil(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
             let mut saga = saga.clone();
             saga.shipment_id = Some(shipment_id.clone());
             saga.tracking_number = Some(tracking_number.clone());
-            commit(Outcome {
-                status: OrderStatus::FulfillmentRequested,
+            let announcement = Announcement::FulfillmentRequested {
+                shipment_id: shipment_id.clone(),
+                tracking_number: tracking_number.clone(),
+            };
+            advanced(
+                OrderStatus::FulfillmentRequested,
                 saga,
-                bookings: Vec::new(),
-                announcements: vec![Announcement::FulfillmentRequested {
-                    shipment_id: shipment_id.clone(),
-                    tracking_number: tracking_number.clone(),
-                }],
-                stock: StockMove::Keep,
-            })
+                Vec::new(),
+                announcement,
+            )
         }
         _ => unexpected("fulfillment", status, answers),
     }
@@ -548,13 +558,8 @@ fn complete(status: OrderStatus, saga: &Saga) -> Decision {
     if status != OrderStatus::Delivered {
         return Decision::Skip;
     }
-    commit(Outcome {
-        status: OrderStatus::Completed,
-        saga: saga.clone(),
-        bookings: Vec::new(),
-        announcements: vec![Announcement::Completed],
-        stock: StockMove::Keep,
-    })
+    let completed = Announcement::Completed;
+    advanced(OrderStatus::Completed, saga.clone(), Vec::new(), completed)
 }
 
 fn refund(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer]) -> Decision {
@@ -565,28 +570,23 @@ fn refund(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
     // A cancellation too late to stop the shipment refunded the payment already, and booked
     // it: the return completes with that refund.
     if let Some(refund_id) = saga.refund_id.clone() {
-        return commit(Outcome {
-            status: OrderStatus::Refunded,
-            saga: saga.clone(),
-            bookings: Vec::new(),
-            announcements: vec![Announcement::Refunded { refund_id }],
-            stock: StockMove::Keep,
-        });
+        let refunded = Announcement::Refunded { refund_id };
+        return advanced(OrderStatus::Refunded, saga.clone(), Vec::new(), refunded);
     }
     match answers {
         [] => Decision::Call(Call::Refund { key, capture_id }),
         [Answer::Refunded { refund_id }] => {
             let mut saga = saga.clone();
             saga.refund_id = Some(refund_id.clone());
-            commit(Outcome {
-                status: OrderStatus::Refunded,
+            let refunded = Announcement::Refunded {
+                refund_id: refund_id.clone(),
+            };
+            advanced(
+                OrderStatus::Refunded,
                 saga,
-                bookings: vec![Booking::Refund(key)],
-                announcements: vec![Announcement::Refunded {
-                    refund_id: refund_id.clone(),
-                }],
-                stock: StockMove::Keep,
-            })
+                vec![Booking::Refund(key)],
+                refunded,
+            )
         }
         _ => unexpected("refund", status, answers),
     }
@@ -598,34 +598,39 @@ fn refund(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer
 fn cancel(status: OrderStatus, saga: &Saga, context: &Context, answers: &[Answer]) -> Decision {
     let mut saga = saga.clone();
     saga.cancel_requested = false;
-    let requested = |saga: Saga, bookings: Vec<Booking>, before: Vec<Announcement>| {
-        commit(cancelled(saga, CancelReason::Requested, bookings, before))
-    };
     match status {
         _ if !cancellable(status) => too_late(status, saga, context, answers),
         OrderStatus::Placed => requested(saga, Vec::new(), Vec::new()),
         OrderStatus::Reserved => cancel_reserved(saga, context, answers),
         OrderStatus::Authorized => cancel_authorized(saga, context, answers),
-        OrderStatus::Captured => {
-            let Some(capture_id) = saga.capture_id.clone() else {
-                return Decision::Refuse("a captured order has no capture id".to_owned());
-            };
-            let key = context.key("refund");
-            match answers {
-                [] if !context.shipment_settled => Decision::Wait(
-                    "the order's shipment step is a dead letter and may have reached the \
-                     carrier: retry it first"
-                        .to_owned(),
-                ),
-                [] => Decision::Call(Call::Refund { key, capture_id }),
-                [Answer::Refunded { refund_id }] => {
-                    saga.refund_id = Some(refund_id.clone());
-                    requested(saga, vec![Booking::Refund(key)], Vec::new())
-                }
-                _ => unexpected("cancellation", status, answers),
-            }
-        }
+        OrderStatus::Captured => cancel_captured(saga, context, answers),
         _ => unexpected("cancellation", status, answers),
+    }
+}
+
+/// The order cancelled at the client's request.
+fn requested(saga: Saga, bookings: Vec<Booking>, before: Vec<Announcement>) -> Decision {
+    commit(cancelled(saga, CancelReason::Requested, bookings, before))
+}
+
+/// Cancels a captured order by refunding its capture, once its shipment step is settled.
+fn cancel_captured(mut saga: Saga, context: &Context, answers: &[Answer]) -> Decision {
+    let Some(capture_id) = saga.capture_id.clone() else {
+        return Decision::Refuse("a captured order has no capture id".to_owned());
+    };
+    let key = context.key("refund");
+    match answers {
+        [] if !context.shipment_settled => Decision::Wait(
+            "the order's shipment step is a dead letter and may have reached the carrier: \
+             retry it first"
+                .to_owned(),
+        ),
+        [] => Decision::Call(Call::Refund { key, capture_id }),
+        [Answer::Refunded { refund_id }] => {
+            saga.refund_id = Some(refund_id.clone());
+            requested(saga, vec![Booking::Refund(key)], Vec::new())
+        }
+        _ => unexpected("cancellation", OrderStatus::Captured, answers),
     }
 }
 
@@ -667,12 +672,7 @@ fn cancel_reserved(mut saga: Saga, context: &Context, answers: &[Answer]) -> Dec
     let void_key = context.key("void");
     match answers {
         [] => Decision::Call(Call::Authorize { key: authorize_key }),
-        [Answer::Declined { .. }] => commit(cancelled(
-            saga,
-            CancelReason::Requested,
-            Vec::new(),
-            Vec::new(),
-        )),
+        [Answer::Declined { .. }] => requested(saga, Vec::new(), Vec::new()),
         [Answer::Authorized { authorization_id }] => Decision::Call(Call::Void {
             key: void_key,
             authorization_id: authorization_id.clone(),
@@ -711,12 +711,7 @@ fn cancel_authorized(mut saga: Saga, context: &Context, answers: &[Answer]) -> D
             key: void_key,
             authorization_id,
         }),
-        ([Answer::Voided], _) => commit(cancelled(
-            saga,
-            CancelReason::Requested,
-            vec![Booking::Void(void_key)],
-            Vec::new(),
-        )),
+        ([Answer::Voided], _) => requested(saga, vec![Booking::Void(void_key)], Vec::new()),
         ([Answer::AuthorizationCaptured], Some(key)) => Decision::Call(Call::Capture {
             key,
             authorization_id,
