@@ -21,6 +21,7 @@ pub mod lease;
 pub mod log;
 pub mod postgres;
 pub mod records;
+mod rows;
 pub mod sqlite;
 pub mod stock;
 pub mod tx;

@@ -14,6 +14,7 @@
 mod batch;
 mod columns;
 mod effect;
+mod fields;
 mod gather;
 mod lease;
 mod reads;

@@ -19,7 +19,6 @@ use tally_domain::ids::{EventId, OrderId, TenantId};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::store::order_record;
 use crate::StoreError;
 use crate::records::{OrderRecord, TimelineEntry};
 
@@ -80,7 +79,7 @@ impl<T> Copy for Kind<T> {}
 
 const ORDERS: Kind<OrderRecord> = Kind {
     sql: SELECT_ORDERS,
-    decode: order_record,
+    decode: crate::rows::order,
 };
 
 const ORDERS_AND_TIMELINES: Kind<OrderAndTimeline> = Kind {
@@ -221,7 +220,7 @@ fn order_and_timeline(row: &PgRow) -> Result<OrderAndTimeline, StoreError> {
     let times: Vec<DateTime<Utc>> = row
         .try_get::<Option<_>, _>("timeline_times")?
         .unwrap_or_default();
-    let order = order_record(row)?;
+    let order = crate::rows::order(row)?;
     if ids.len() != types.len() || ids.len() != times.len() {
         return Err(StoreError::Corrupt(format!(
             "order {}'s timeline came as {} ids, {} types and {} times",

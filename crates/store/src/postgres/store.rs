@@ -1,18 +1,17 @@
 //! Reads, tenant set-up, the log and maintenance on PostgreSQL.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::postgres::PgRow;
-use sqlx::types::Json;
-use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
 use super::PgStore;
 use crate::effect::{EffectOutcome, PreparedEffect};
 use crate::records::*;
+use crate::rows::{self, Fields};
 use crate::{Engine, Store, StoreError, Tx, corrupt};
 
 #[async_trait]
@@ -91,15 +90,7 @@ impl Store for PgStore {
         .bind(&key_hash[..])
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(ApiKeyRecord {
-                id: ApiKeyId::from_uuid(row.try_get("id")?),
-                tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-                scopes: row.try_get("scopes")?,
-                revoked: row.try_get("revoked")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::api_key).transpose()
     }
 
     async fn find_idempotency_record(
@@ -107,12 +98,12 @@ impl Store for PgStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
+        let row = sqlx::query(super::tx::SELECT_IDEMPOTENCY_RECORD_BY_KEY)
             .bind(tenant.as_uuid())
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(super::tx::idempotency_record).transpose()
+        row.as_ref().map(rows::idempotency_record).transpose()
     }
 
     async fn purge_idempotency_records(
@@ -151,22 +142,8 @@ impl Store for PgStore {
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            let Json(prices): Json<BTreeMap<String, i64>> = row.try_get("prices")?;
-            Ok(VariantRecord {
-                sku: row.try_get("sku")?,
-                prices,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(ProductRecord {
-            id,
-            name: row.try_get("name")?,
-            variants,
-            created_at: row.try_get("created_at")?,
-        }))
+        .await?;
+        rows::product(id, &row, &variants).map(Some)
     }
 
     async fn stock_levels(
@@ -190,14 +167,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(StockRecord {
-                    location: row.try_get("location")?,
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
-            })
+            .map(rows::stock_record)
             .collect::<Result<Vec<_>, StoreError>>()
             .map(Some)
     }
@@ -230,15 +200,7 @@ impl Store for PgStore {
         .bind(subject)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(TimelineEntry {
-                    event_id: EventId::from_uuid(row.try_get("id")?),
-                    event_type: row.try_get("type")?,
-                    time: row.try_get("time")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::timeline_entry).collect()
     }
 
     async fn order_and_timeline(
@@ -258,8 +220,9 @@ impl Store for PgStore {
     ) -> Result<Vec<OrderRecord>, StoreError> {
         // Each filter is `$n IS NULL OR column = $n` so one prepared statement serves every
         // combination; the primary key (tenant_id, id) drives the newest-first scan.
-        let sql = format!(
-            "{SELECT_ORDER} WHERE tenant_id = $1 \
+        let sql = concat!(
+            rows::select_order!(),
+            " WHERE tenant_id = $1 \
              AND ($2::text IS NULL OR customer_id = $2) \
              AND ($3::text IS NULL OR status = $3) \
              AND ($4::text IS NULL OR channel = $4) \
@@ -279,7 +242,7 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(order_record).collect()
+        rows.iter().map(rows::order).collect()
     }
 
     fn log_partitions(&self) -> u32 {
@@ -324,23 +287,29 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<LogEvent>, StoreError> {
         let rows = match partition {
-            Some(partition) => sqlx::query(&format!(
-                "{SELECT_LOG_EVENT} WHERE partition = $1 AND position > $2 ORDER BY position LIMIT $3"
-            ))
-            .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?,
-            None => sqlx::query(&format!(
-                "{SELECT_LOG_EVENT} WHERE position > $1 ORDER BY position LIMIT $2"
-            ))
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?,
+            Some(partition) => {
+                sqlx::query(concat!(
+                    rows::select_log_event!(),
+                    " WHERE partition = $1 AND position > $2 ORDER BY position LIMIT $3"
+                ))
+                .bind(i32::try_from(partition).map_err(|e| corrupt("partition", e))?)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    rows::select_log_event!(),
+                    " WHERE position > $1 ORDER BY position LIMIT $2"
+                ))
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
-        rows.iter().map(log_event).collect()
+        rows.iter().map(rows::log_event).collect()
     }
 
     async fn consumer_offset(&self, group: &str, partition: u32) -> Result<i64, StoreError> {
@@ -443,13 +412,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            Ok(crate::audit::DraftRow {
-                seq: row.try_get("seq")?,
-                tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                id: row.try_get("id")?,
-            })
-        })
+        .map(rows::draft_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
         if rows.is_empty() {
             return Ok(0);
@@ -463,8 +426,7 @@ impl Store for PgStore {
                 .fetch_all(&mut *tx)
                 .await?
             {
-                let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
-                read.insert(row.try_get("seq")?, draft);
+                read.insert(row.int("seq")?, row.json("body")?);
             }
         }
         let unsealed = crate::audit::unsealed(rows, kept, read)?;
@@ -479,17 +441,7 @@ impl Store for PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(head) = head {
-                let hash: Vec<u8> = head.try_get("hash")?;
-                let hash = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
-                heads.insert(
-                    tenant,
-                    tally_audit::ChainHead {
-                        sequence: head.try_get("sequence")?,
-                        hash,
-                    },
-                );
+                heads.insert(tenant, rows::audit_head(&head)?);
             }
         }
         let (sealed, heads) = crate::audit::seal(unsealed, heads)?;
@@ -534,34 +486,14 @@ impl Store for PgStore {
         .await?;
         let records = rows
             .iter()
-            .map(|row| {
-                let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
-                crate::audit::sealed_record(
-                    {
-                        let Json(draft): Json<tally_audit::AuditDraft> = row.try_get("body")?;
-                        draft
-                    },
-                    row.try_get("sequence")?,
-                    &prev_hash,
-                    &hash,
-                )
-            })
+            .map(rows::sealed_audit_record)
             .collect::<Result<Vec<_>, StoreError>>()?;
         let head = sqlx::query("SELECT sequence, hash FROM audit_heads WHERE tenant_id = $1")
             .bind(tenant.as_uuid())
             .fetch_optional(&mut *tx)
             .await?
-            .map(|row| -> Result<tally_audit::ChainHead, StoreError> {
-                let hash: Vec<u8> = row.try_get("hash")?;
-                let hash = hash
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
-                Ok(tally_audit::ChainHead {
-                    sequence: row.try_get("sequence")?,
-                    hash,
-                })
-            })
+            .as_ref()
+            .map(rows::audit_head)
             .transpose()?;
         let unsealed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM audit_records WHERE tenant_id = $1 AND sequence IS NULL",
@@ -583,32 +515,16 @@ impl Store for PgStore {
         entity_type: &str,
         entity_id: &str,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, sequence, at, body, entity_type, entity_id, prev_hash, hash FROM audit_records WHERE tenant_id = $1 AND entity_type = $2 AND entity_id = $3 ORDER BY seq",
-        )
+        let rows = sqlx::query(concat!(
+            rows::select_audit_row!(),
+            " WHERE tenant_id = $1 AND entity_type = $2 AND entity_id = $3 ORDER BY seq"
+        ))
         .bind(tenant.as_uuid())
         .bind(entity_type)
         .bind(entity_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRow {
-                    id: row.try_get("id")?,
-                    tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    sequence: row.try_get("sequence")?,
-                    at: row.try_get("at")?,
-                    entity_type: row.try_get("entity_type")?,
-                    entity_id: row.try_get("entity_id")?,
-                    body: {
-                        let Json(b): Json<serde_json::Value> = row.try_get("body")?;
-                        b
-                    },
-                    prev_hash: row.try_get("prev_hash")?,
-                    hash: row.try_get("hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit_row).collect()
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
@@ -631,39 +547,7 @@ impl Store for PgStore {
         .bind(tenant.as_uuid())
         .fetch_all(&self.pool)
         .await?;
-        let mut by_entry: std::collections::HashMap<String, Vec<PostingRecord>> =
-            std::collections::HashMap::new();
-        for row in &postings {
-            by_entry
-                .entry(row.try_get("entry_id")?)
-                .or_default()
-                .push(PostingRecord {
-                    account: row.try_get("account")?,
-                    currency: row.try_get("currency")?,
-                    amount_minor: row.try_get("amount_minor")?,
-                });
-        }
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                let order: Option<Uuid> = row.try_get("order_id")?;
-                Ok(StoredEntry {
-                    postings: by_entry.remove(&id).unwrap_or_default(),
-                    record: JournalEntryRecord {
-                        tenant_id: tenant,
-                        kind: row.try_get("kind")?,
-                        pending_id: row.try_get("pending_id")?,
-                        order_id: order.map(OrderId::from_uuid),
-                        body: {
-                            let Json(b): Json<serde_json::Value> = row.try_get("body")?;
-                            b
-                        },
-                        created_at: row.try_get("created_at")?,
-                        id,
-                    },
-                })
-            })
-            .collect()
+        rows::journal(tenant, &rows, &postings)
     }
 
     async fn account_postings(
@@ -678,18 +562,7 @@ impl Store for PgStore {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AccountPosting {
-                    entry_id: row.try_get("entry_id")?,
-                    kind: row.try_get("kind")?,
-                    pending_id: row.try_get("pending_id")?,
-                    currency: row.try_get("currency")?,
-                    amount_minor: row.try_get("amount_minor")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::account_posting).collect()
     }
 
     async fn settled_orders(&self, tenant: TenantId) -> Result<Vec<(OrderId, String)>, StoreError> {
@@ -699,14 +572,7 @@ impl Store for PgStore {
         .bind(tenant.as_uuid())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    OrderId::from_uuid(row.try_get("id")?),
-                    row.try_get("currency")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(rows::settled_order).collect()
     }
 
     async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError> {
@@ -718,39 +584,7 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut movements: std::collections::HashMap<
-            (Uuid, String, String),
-            BTreeMap<String, i64>,
-        > = std::collections::HashMap::new();
-        for row in &sums {
-            let key = (
-                row.try_get("tenant_id")?,
-                row.try_get("sku")?,
-                row.try_get("location")?,
-            );
-            movements
-                .entry(key)
-                .or_default()
-                .insert(row.try_get("kind")?, row.try_get("total")?);
-        }
-        levels
-            .iter()
-            .map(|row| {
-                let tenant: Uuid = row.try_get("tenant_id")?;
-                let sku: String = row.try_get("sku")?;
-                let location: String = row.try_get("location")?;
-                Ok(StockReconciliation {
-                    movements: movements
-                        .remove(&(tenant, sku.clone(), location.clone()))
-                        .unwrap_or_default(),
-                    tenant_id: TenantId::from_uuid(tenant),
-                    sku,
-                    location,
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                })
-            })
-            .collect()
+        rows::stock_reconciliation(&levels, &sums)
     }
 
     async fn order_status_counts(
@@ -761,17 +595,15 @@ impl Store for PgStore {
             .bind(tenant.as_uuid())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
-            .collect()
+        rows.iter().map(rows::status_count).collect()
     }
 
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_LOG_EVENT} WHERE id = $1"))
+        let row = sqlx::query(concat!(rows::select_log_event!(), " WHERE id = $1"))
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(log_event).transpose()
+        row.as_ref().map(rows::log_event).transpose()
     }
 
     async fn inbox_holds(
@@ -815,15 +647,13 @@ impl Store for PgStore {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3"
-        ))
+        let rows = sqlx::query(concat!(rows::select_dead_letter!(), " WHERE tenant_id = $1 AND ($2 IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3"))
         .bind(tenant.as_uuid())
         .bind(status)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter().map(rows::dead_letter).collect()
     }
 
     async fn dead_letter(
@@ -831,14 +661,15 @@ impl Store for PgStore {
         tenant: TenantId,
         id: Uuid,
     ) -> Result<Option<DeadLetterRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE tenant_id = $1 AND id = $2"
+        let row = sqlx::query(concat!(
+            rows::select_dead_letter!(),
+            " WHERE tenant_id = $1 AND id = $2"
         ))
         .bind(tenant.as_uuid())
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(dead_letter).transpose()
+        row.as_ref().map(rows::dead_letter).transpose()
     }
 
     async fn set_dead_letter_status(
@@ -874,95 +705,20 @@ impl Store for PgStore {
         group: &str,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE group_name = $1 AND status = 'retrying' ORDER BY position LIMIT $2"
+        let rows = sqlx::query(concat!(
+            rows::select_dead_letter!(),
+            " WHERE group_name = $1 AND status = 'retrying' ORDER BY position LIMIT $2"
         ))
         .bind(group)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter().map(rows::dead_letter).collect()
     }
 }
 
 pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
-/// Every column of an order but its tenant, for `order_record`.
-pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
-
-pub(super) fn order_state(row: &PgRow) -> Result<OrderState, StoreError> {
-    let record = order_record(row)?;
-    Ok(OrderState {
-        saga: record.saga.clone(),
-        record,
-    })
-}
-
-pub(super) fn order_record(row: &PgRow) -> Result<OrderRecord, StoreError> {
-    let Json(lines): Json<Vec<LineRecord>> = row.try_get("lines")?;
-    let Json(shipping_address): Json<AddressRecord> = row.try_get("shipping_address")?;
-    let Json(saga) = row.try_get("saga")?;
-    Ok(OrderRecord {
-        saga,
-        id: OrderId::from_uuid(row.try_get("id")?),
-        channel: row.try_get("channel")?,
-        customer_id: row.try_get("customer_id")?,
-        customer_email: row.try_get("customer_email")?,
-        currency: row.try_get("currency")?,
-        total_minor: row.try_get("total_minor")?,
-        status: row.try_get("status")?,
-        lines,
-        shipping_address,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-const SELECT_LOG_EVENT: &str = "SELECT position, id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent FROM events";
-
-fn log_event(row: &PgRow) -> Result<LogEvent, StoreError> {
-    let partition: i32 = row.try_get("partition")?;
-    Ok(LogEvent {
-        position: row.try_get("position")?,
-        id: EventId::from_uuid(row.try_get("id")?),
-        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-        event_type: row.try_get("type")?,
-        source: row.try_get("source")?,
-        subject: row.try_get("subject")?,
-        partition_key: row.try_get("partition_key")?,
-        partition: u32::try_from(partition).map_err(|e| corrupt("event partition", e))?,
-        time: row.try_get("time")?,
-        data: row
-            .try_get::<Json<Box<serde_json::value::RawValue>>, _>("data")?
-            .0
-            .into(),
-        correlation_id: row.try_get("correlation_id")?,
-        causation_id: row.try_get("causation_id")?,
-        traceparent: row.try_get("traceparent")?,
-    })
-}
-
 /// A letter of (group, event) not yet applied: the unique key (group_name, event_id) finds it.
 const UNSETTLED_DEAD_LETTER: &str = "SELECT 1 FROM dead_letters WHERE group_name = $1 AND event_id = $2 AND status IN ('open', 'retrying')";
-const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
-
-fn dead_letter(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
-    let partition: i32 = row.try_get("partition")?;
-    let Json(attempts) = row.try_get("attempts")?;
-    Ok(DeadLetterRecord {
-        id: row.try_get("id")?,
-        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-        group: row.try_get("group_name")?,
-        event_id: EventId::from_uuid(row.try_get("event_id")?),
-        partition: u32::try_from(partition).map_err(|e| corrupt("partition", e))?,
-        position: row.try_get("position")?,
-        event_type: row.try_get("event_type")?,
-        subject: row.try_get("subject")?,
-        error: row.try_get("error")?,
-        attempts,
-        status: row.try_get("status")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}

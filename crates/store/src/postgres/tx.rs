@@ -1,10 +1,7 @@
 //! One command transaction on PostgreSQL.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 use tally_domain::catalog::{Product, Sku};
@@ -21,8 +18,9 @@ use tally_domain::ids::{EventId, OrderId};
 
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
-    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement,
 };
+use crate::rows::{self, Fields};
 use crate::tx::CatalogPrices;
 use crate::{StoreError, Tx, corrupt};
 
@@ -36,37 +34,13 @@ impl PgTx {
     }
 }
 
-pub(super) const SELECT_IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, status_code, location, response_body, expires_at FROM idempotency_records WHERE tenant_id = $1 AND key = $2";
-
-pub(super) fn idempotency_record(row: &PgRow) -> Result<IdempotencyRecord, StoreError> {
-    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
-    let status: i16 = row.try_get("status_code")?;
-    Ok(IdempotencyRecord {
-        fingerprint: fingerprint
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("fingerprint is not 32 bytes".into()))?,
-        response: StoredResponse {
-            status: u16::try_from(status).map_err(|e| corrupt("status code", e))?,
-            location: row.try_get("location")?,
-            body: row.try_get("response_body")?,
-        },
-        expires_at: row.try_get("expires_at")?,
-    })
-}
+pub(super) const SELECT_IDEMPOTENCY_RECORD_BY_KEY: &str = concat!(
+    rows::select_idempotency_record!(),
+    " WHERE tenant_id = $1 AND key = $2"
+);
 
 fn sku_strings(skus: &[Sku]) -> Vec<String> {
     skus.iter().map(|s| s.as_str().to_owned()).collect()
-}
-
-fn stock_row(row: &PgRow) -> Result<LockedStock, StoreError> {
-    Ok(LockedStock {
-        sku: row.try_get("sku")?,
-        location: row.try_get("location")?,
-        level: StockLevel {
-            on_hand: row.try_get("on_hand")?,
-            reserved: row.try_get("reserved")?,
-        },
-    })
 }
 
 /// The SKUs a statement asks for (`$2`, each once), each joined to a lateral subquery that
@@ -115,7 +89,7 @@ pub(super) async fn read_stock<'e>(
         .bind(skus)
         .fetch_all(executor)
         .await?;
-    rows.iter().map(stock_row).collect()
+    rows.iter().map(rows::locked_stock).collect()
 }
 
 #[async_trait]
@@ -140,12 +114,12 @@ impl Tx for PgTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD)
+        let row = sqlx::query(SELECT_IDEMPOTENCY_RECORD_BY_KEY)
             .bind(tenant.as_uuid())
             .bind(key)
             .fetch_optional(&mut *self.tx)
             .await?;
-        row.as_ref().map(idempotency_record).transpose()
+        row.as_ref().map(rows::idempotency_record).transpose()
     }
 
     async fn delete_idempotency_record(
@@ -239,14 +213,7 @@ impl Tx for PgTx {
             .bind(sku_strings(skus))
             .fetch_all(&mut *self.tx)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let sku: String = row.try_get("sku")?;
-                let Json(prices): Json<HashMap<String, i64>> = row.try_get("prices")?;
-                let parsed = crate::codec::parse_prices(&sku, prices)?;
-                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
-            })
-            .collect()
+        rows.iter().map(rows::catalog_price).collect()
     }
 
     async fn lock_stock_level(
@@ -275,13 +242,7 @@ impl Tx for PgTx {
         .bind(location.as_str())
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.map(|row| {
-            Ok(StockLevel {
-                on_hand: row.try_get("on_hand")?,
-                reserved: row.try_get("reserved")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::stock_level).transpose()
     }
 
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
@@ -414,15 +375,15 @@ impl Tx for PgTx {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderState>, StoreError> {
-        let row = sqlx::query(&format!(
-            "{} WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-            super::store::SELECT_ORDER
+        let row = sqlx::query(concat!(
+            rows::select_order!(),
+            " WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
         ))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.as_ref().map(super::store::order_state).transpose()
+        row.as_ref().map(rows::order_state).transpose()
     }
 
     async fn order_still(
@@ -442,8 +403,8 @@ impl Tx for PgTx {
         let Some(row) = row else {
             return Ok(false);
         };
-        let current: String = row.try_get("status")?;
-        let Json(current_saga): Json<Saga> = row.try_get("saga")?;
+        let current = row.text("status")?;
+        let current_saga: Saga = row.json("saga")?;
         Ok(current == status && current_saga == *saga)
     }
 
@@ -480,7 +441,7 @@ impl Tx for PgTx {
         .bind(skus)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(stock_row).collect()
+        rows.iter().map(rows::locked_stock).collect()
     }
 
     async fn read_stock(

@@ -196,6 +196,52 @@ impl Row {
     }
 }
 
+/// SQLite's forms of values: times as microseconds since the epoch, JSON as text, UUIDs as
+/// 16-byte blobs.
+impl crate::rows::Fields for Row {
+    fn uuid(&self, column: &str) -> Result<uuid::Uuid, StoreError> {
+        self.try_get(column)
+    }
+    fn uuid_opt(&self, column: &str) -> Result<Option<uuid::Uuid>, StoreError> {
+        self.try_get(column)
+    }
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        self.try_get(column)
+    }
+    fn text_opt(&self, column: &str) -> Result<Option<String>, StoreError> {
+        self.try_get(column)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        self.try_get(column)
+    }
+    fn int_opt(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        self.try_get(column)
+    }
+    fn boolean(&self, column: &str) -> Result<bool, StoreError> {
+        self.try_get(column)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+        self.try_get(column)
+    }
+    fn bytes_opt(&self, column: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.try_get(column)
+    }
+    fn time(&self, column: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        crate::from_micros(self.try_get(column)?)
+    }
+    fn json<T: serde::de::DeserializeOwned>(&self, column: &str) -> Result<T, StoreError> {
+        let Some(Value::Text(text)) = column
+            .position(&self.columns)
+            .and_then(|index| self.values.get(index))
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "column {column} is not JSON text"
+            )));
+        };
+        serde_json::from_str(text).map_err(|e| crate::corrupt(column, e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

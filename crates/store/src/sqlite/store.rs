@@ -1,17 +1,18 @@
 //! Reads, tenant set-up, the log and maintenance on SQLite.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
-use super::sql::{self, Row};
+use super::sql::{self};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tally_domain::ids::{ApiKeyId, EventId, OrderId, ProductId, TenantId};
+use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::effect::{EffectOutcome, PreparedEffect};
 use crate::records::*;
-use crate::{DISCARDED, Engine, Store, StoreError, Tx, corrupt, from_micros, to_micros};
+use crate::rows;
+use crate::{DISCARDED, Engine, Store, StoreError, Tx, to_micros};
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -67,15 +68,7 @@ impl Store for SqliteStore {
         )
         .bind(&key_hash[..])
         .fetch_optional(&*self.reader().await?)?;
-        row.map(|row| {
-            Ok(ApiKeyRecord {
-                id: ApiKeyId::from_uuid(row.try_get("id")?),
-                tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-                scopes: row.try_get("scopes")?,
-                revoked: row.try_get("revoked")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::api_key).transpose()
     }
 
     async fn find_idempotency_record(
@@ -83,11 +76,11 @@ impl Store for SqliteStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sql::query(super::tx::SELECT_IDEMPOTENCY_RECORD)
+        let row = sql::query(super::tx::SELECT_IDEMPOTENCY_RECORD_BY_KEY)
             .bind(tenant.as_uuid())
             .bind(key)
             .fetch_optional(&*self.reader().await?)?;
-        row.as_ref().map(super::tx::idempotency_record).transpose()
+        row.as_ref().map(rows::idempotency_record).transpose()
     }
 
     async fn purge_idempotency_records(
@@ -129,23 +122,8 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
-        .fetch_all(&reader)?
-        .iter()
-        .map(|row| {
-            let prices: String = row.try_get("prices")?;
-            Ok(VariantRecord {
-                sku: row.try_get("sku")?,
-                prices: serde_json::from_str::<BTreeMap<String, i64>>(&prices)
-                    .map_err(|e| corrupt("variant prices", e))?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(ProductRecord {
-            id,
-            name: row.try_get("name")?,
-            variants,
-            created_at: from_micros(row.try_get("created_at")?)?,
-        }))
+        .fetch_all(&reader)?;
+        rows::product(id, &row, &variants).map(Some)
     }
 
     async fn stock_levels(
@@ -169,14 +147,7 @@ impl Store for SqliteStore {
         .bind(sku)
         .fetch_all(&reader)?;
         rows.iter()
-            .map(|row| {
-                Ok(StockRecord {
-                    location: row.try_get("location")?,
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                    updated_at: from_micros(row.try_get("updated_at")?)?,
-                })
-            })
+            .map(rows::stock_record)
             .collect::<Result<Vec<_>, StoreError>>()
             .map(Some)
     }
@@ -227,8 +198,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<OrderRecord>, StoreError> {
         // Each filter is `? IS NULL OR column = ?` so one prepared statement serves every
         // combination; the primary key (tenant_id, id) drives the newest-first scan.
-        let sql = format!(
-            "{SELECT_ORDER} WHERE tenant_id = ?1 \
+        let sql = concat!(
+            rows::select_order!(),
+            " WHERE tenant_id = ?1 \
              AND (?2 IS NULL OR customer_id = ?2) \
              AND (?3 IS NULL OR status = ?3) \
              AND (?4 IS NULL OR channel = ?4) \
@@ -247,7 +219,7 @@ impl Store for SqliteStore {
             .bind(filter.before_id.map(|id| id.as_uuid()))
             .bind(i64::from(limit))
             .fetch_all(&*self.reader().await?)?;
-        rows.iter().map(order_record).collect()
+        rows.iter().map(rows::order).collect()
     }
 
     fn log_partitions(&self) -> u32 {
@@ -266,21 +238,23 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<LogEvent>, StoreError> {
         let rows = match partition {
-            Some(partition) => sql::query(&format!(
-                "{SELECT_LOG_EVENT} WHERE partition = ? AND position > ? ORDER BY position LIMIT ?"
+            Some(partition) => sql::query(concat!(
+                rows::select_log_event!(),
+                " WHERE partition = ? AND position > ? ORDER BY position LIMIT ?"
             ))
             .bind(i64::from(partition))
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&*self.reader().await?)?,
-            None => sql::query(&format!(
-                "{SELECT_LOG_EVENT} WHERE position > ? ORDER BY position LIMIT ?"
+            None => sql::query(concat!(
+                rows::select_log_event!(),
+                " WHERE position > ? ORDER BY position LIMIT ?"
             ))
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&*self.reader().await?)?,
         };
-        rows.iter().map(log_event).collect()
+        rows.iter().map(rows::log_event).collect()
     }
 
     async fn consumer_offset(&self, group: &str, partition: u32) -> Result<i64, StoreError> {
@@ -383,13 +357,7 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(reader)?
             .iter()
-            .map(|row| {
-                Ok(crate::audit::DraftRow {
-                    seq: row.try_get("seq")?,
-                    tenant: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    id: row.try_get("id")?,
-                })
-            })
+            .map(rows::draft_row)
             .collect::<Result<Vec<_>, StoreError>>()?;
             let kept = crate::audit::kept_bytes(&rows);
             let mut read = std::collections::HashMap::new();
@@ -467,18 +435,7 @@ impl Store for SqliteStore {
             .fetch_all(reader)?;
             let records = rows
                 .iter()
-                .map(|row| {
-                    let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-                    let hash: Vec<u8> = row.try_get("hash")?;
-                    let sequence = row.try_get("sequence")?;
-                    let body: String = row.try_get("body")?;
-                    crate::audit::sealed_record(
-                        crate::audit::draft_from_text(&body, sequence)?,
-                        sequence,
-                        &prev_hash,
-                        &hash,
-                    )
-                })
+                .map(rows::sealed_audit_record)
                 .collect::<Result<Vec<_>, StoreError>>()?;
             let head = audit_head(reader, tenant)?;
             let unsealed: i64 = sql::query(
@@ -500,32 +457,15 @@ impl Store for SqliteStore {
         entity_type: &str,
         entity_id: &str,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sql::query(
-            "SELECT id, tenant_id, sequence, at, body, entity_type, entity_id, prev_hash, hash FROM audit_records WHERE tenant_id = ? AND entity_type = ? AND entity_id = ? ORDER BY seq",
-        )
+        let rows = sql::query(concat!(
+            rows::select_audit_row!(),
+            " WHERE tenant_id = ? AND entity_type = ? AND entity_id = ? ORDER BY seq"
+        ))
         .bind(tenant.as_uuid())
         .bind(entity_type)
         .bind(entity_id)
         .fetch_all(&*self.reader().await?)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRow {
-                    id: row.try_get("id")?,
-                    tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-                    sequence: row.try_get("sequence")?,
-                    at: from_micros(row.try_get("at")?)?,
-                    entity_type: row.try_get("entity_type")?,
-                    entity_id: row.try_get("entity_id")?,
-                    body: {
-                        let b: String = row.try_get("body")?;
-                        serde_json::from_str::<serde_json::Value>(&b)
-                            .map_err(|e| corrupt("body", e))?
-                    },
-                    prev_hash: row.try_get("prev_hash")?,
-                    hash: row.try_get("hash")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::audit_row).collect()
     }
 
     async fn tenants(&self) -> Result<Vec<TenantId>, StoreError> {
@@ -545,40 +485,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .fetch_all(&*self.reader().await?)?;
-        let mut by_entry: std::collections::HashMap<String, Vec<PostingRecord>> =
-            std::collections::HashMap::new();
-        for row in &postings {
-            by_entry
-                .entry(row.try_get("entry_id")?)
-                .or_default()
-                .push(PostingRecord {
-                    account: row.try_get("account")?,
-                    currency: row.try_get("currency")?,
-                    amount_minor: row.try_get("amount_minor")?,
-                });
-        }
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                let order: Option<Uuid> = row.try_get("order_id")?;
-                Ok(StoredEntry {
-                    postings: by_entry.remove(&id).unwrap_or_default(),
-                    record: JournalEntryRecord {
-                        tenant_id: tenant,
-                        kind: row.try_get("kind")?,
-                        pending_id: row.try_get("pending_id")?,
-                        order_id: order.map(OrderId::from_uuid),
-                        body: {
-                            let b: String = row.try_get("body")?;
-                            serde_json::from_str::<serde_json::Value>(&b)
-                                .map_err(|e| corrupt("body", e))?
-                        },
-                        created_at: from_micros(row.try_get("created_at")?)?,
-                        id,
-                    },
-                })
-            })
-            .collect()
+        rows::journal(tenant, &rows, &postings)
     }
 
     async fn account_postings(
@@ -592,18 +499,7 @@ impl Store for SqliteStore {
         .bind(tenant.as_uuid())
         .bind(account)
         .fetch_all(&*self.reader().await?)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AccountPosting {
-                    entry_id: row.try_get("entry_id")?,
-                    kind: row.try_get("kind")?,
-                    pending_id: row.try_get("pending_id")?,
-                    currency: row.try_get("currency")?,
-                    amount_minor: row.try_get("amount_minor")?,
-                    created_at: from_micros(row.try_get("created_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::account_posting).collect()
     }
 
     async fn settled_orders(&self, tenant: TenantId) -> Result<Vec<(OrderId, String)>, StoreError> {
@@ -612,14 +508,7 @@ impl Store for SqliteStore {
         )
         .bind(tenant.as_uuid())
         .fetch_all(&*self.reader().await?)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    OrderId::from_uuid(row.try_get("id")?),
-                    row.try_get("currency")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(rows::settled_order).collect()
     }
 
     async fn stock_reconciliation(&self) -> Result<Vec<StockReconciliation>, StoreError> {
@@ -629,39 +518,7 @@ impl Store for SqliteStore {
             "SELECT tenant_id, sku, location, kind, sum(quantity) AS total FROM stock_movements GROUP BY tenant_id, sku, location, kind",
         )
         .fetch_all(&*self.reader().await?)?;
-        let mut movements: std::collections::HashMap<
-            (Uuid, String, String),
-            BTreeMap<String, i64>,
-        > = std::collections::HashMap::new();
-        for row in &sums {
-            let key = (
-                row.try_get("tenant_id")?,
-                row.try_get("sku")?,
-                row.try_get("location")?,
-            );
-            movements
-                .entry(key)
-                .or_default()
-                .insert(row.try_get("kind")?, row.try_get("total")?);
-        }
-        levels
-            .iter()
-            .map(|row| {
-                let tenant: Uuid = row.try_get("tenant_id")?;
-                let sku: String = row.try_get("sku")?;
-                let location: String = row.try_get("location")?;
-                Ok(StockReconciliation {
-                    movements: movements
-                        .remove(&(tenant, sku.clone(), location.clone()))
-                        .unwrap_or_default(),
-                    tenant_id: TenantId::from_uuid(tenant),
-                    sku,
-                    location,
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                })
-            })
-            .collect()
+        rows::stock_reconciliation(&levels, &sums)
     }
 
     async fn order_status_counts(
@@ -671,16 +528,14 @@ impl Store for SqliteStore {
         let rows = sql::query("SELECT status, count(*) AS n FROM orders WHERE tenant_id = ? GROUP BY status ORDER BY status")
             .bind(tenant.as_uuid())
             .fetch_all(&*self.reader().await?)?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
-            .collect()
+        rows.iter().map(rows::status_count).collect()
     }
 
     async fn event(&self, id: EventId) -> Result<Option<LogEvent>, StoreError> {
-        let row = sql::query(&format!("{SELECT_LOG_EVENT} WHERE id = ?"))
+        let row = sql::query(concat!(rows::select_log_event!(), " WHERE id = ?"))
             .bind(id.as_uuid())
             .fetch_optional(&*self.reader().await?)?;
-        row.as_ref().map(log_event).transpose()
+        row.as_ref().map(rows::log_event).transpose()
     }
 
     async fn inbox_holds(
@@ -717,14 +572,12 @@ impl Store for SqliteStore {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sql::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC LIMIT ?3"
-        ))
+        let rows = sql::query(concat!(rows::select_dead_letter!(), " WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC LIMIT ?3"))
         .bind(tenant.as_uuid())
         .bind(status)
         .bind(i64::from(limit))
         .fetch_all(&*self.reader().await?)?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter().map(rows::dead_letter).collect()
     }
 
     async fn dead_letter(
@@ -732,13 +585,14 @@ impl Store for SqliteStore {
         tenant: TenantId,
         id: Uuid,
     ) -> Result<Option<DeadLetterRecord>, StoreError> {
-        let row = sql::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE tenant_id = ? AND id = ?"
+        let row = sql::query(concat!(
+            rows::select_dead_letter!(),
+            " WHERE tenant_id = ? AND id = ?"
         ))
         .bind(tenant.as_uuid())
         .bind(id)
         .fetch_optional(&*self.reader().await?)?;
-        row.as_ref().map(dead_letter).transpose()
+        row.as_ref().map(rows::dead_letter).transpose()
     }
 
     async fn set_dead_letter_status(
@@ -781,96 +635,22 @@ impl Store for SqliteStore {
         group: &str,
         limit: u32,
     ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-        let rows = sql::query(&format!(
-            "{SELECT_DEAD_LETTER} WHERE group_name = ? AND status = 'retrying' ORDER BY position LIMIT ?"
+        let rows = sql::query(concat!(
+            rows::select_dead_letter!(),
+            " WHERE group_name = ? AND status = 'retrying' ORDER BY position LIMIT ?"
         ))
         .bind(group)
         .bind(i64::from(limit))
         .fetch_all(&*self.reader().await?)?;
-        rows.iter().map(dead_letter).collect()
+        rows.iter().map(rows::dead_letter).collect()
     }
 }
 
 pub(super) const UPSERT_OFFSET: &str = "INSERT INTO consumer_offsets (group_name, partition, position, updated_at) VALUES (?, ?, ?, ?) \
      ON CONFLICT (group_name, partition) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
-pub(super) const SELECT_ORDER: &str = "SELECT id, channel, customer_id, customer_email, currency, total_minor, status, lines, shipping_address, saga, created_at, updated_at FROM orders";
-
-pub(super) fn order_state(row: &Row) -> Result<OrderState, StoreError> {
-    let record = order_record(row)?;
-    Ok(OrderState {
-        saga: record.saga.clone(),
-        record,
-    })
-}
-
-fn order_record(row: &Row) -> Result<OrderRecord, StoreError> {
-    let lines: String = row.try_get("lines")?;
-    let address: String = row.try_get("shipping_address")?;
-    let saga: String = row.try_get("saga")?;
-    Ok(OrderRecord {
-        saga: serde_json::from_str(&saga).map_err(|e| corrupt("saga", e))?,
-        id: OrderId::from_uuid(row.try_get::<Uuid>("id")?),
-        channel: row.try_get("channel")?,
-        customer_id: row.try_get("customer_id")?,
-        customer_email: row.try_get("customer_email")?,
-        currency: row.try_get("currency")?,
-        total_minor: row.try_get("total_minor")?,
-        status: row.try_get("status")?,
-        lines: serde_json::from_str(&lines).map_err(|e| corrupt("order lines", e))?,
-        shipping_address: serde_json::from_str(&address)
-            .map_err(|e| corrupt("shipping address", e))?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        updated_at: from_micros(row.try_get("updated_at")?)?,
-    })
-}
-
-const SELECT_LOG_EVENT: &str = "SELECT position, id, tenant_id, type, source, subject, partition_key, partition, time, data, correlation_id, causation_id, traceparent FROM events";
-
-fn log_event(row: &Row) -> Result<LogEvent, StoreError> {
-    let data: String = row.try_get("data")?;
-    let partition: i64 = row.try_get("partition")?;
-    Ok(LogEvent {
-        position: row.try_get("position")?,
-        id: EventId::from_uuid(row.try_get("id")?),
-        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-        event_type: row.try_get("type")?,
-        source: row.try_get("source")?,
-        subject: row.try_get("subject")?,
-        partition_key: row.try_get("partition_key")?,
-        partition: u32::try_from(partition).map_err(|e| corrupt("event partition", e))?,
-        time: from_micros(row.try_get("time")?)?,
-        data: EventData::from_json(data).map_err(|e| corrupt("event data", e))?,
-        correlation_id: row.try_get("correlation_id")?,
-        causation_id: row.try_get("causation_id")?,
-        traceparent: row.try_get("traceparent")?,
-    })
-}
-
 /// A letter of (group, event) not yet applied: the unique key (group_name, event_id) finds it.
 const UNSETTLED_DEAD_LETTER: &str = "SELECT 1 FROM dead_letters WHERE group_name = ? AND event_id = ? AND status IN ('open', 'retrying')";
-const SELECT_DEAD_LETTER: &str = "SELECT id, tenant_id, group_name, event_id, partition, position, event_type, subject, error, attempts, status, created_at, updated_at FROM dead_letters";
-
-fn dead_letter(row: &Row) -> Result<DeadLetterRecord, StoreError> {
-    let partition: i64 = row.try_get("partition")?;
-    let attempts: String = row.try_get("attempts")?;
-    let attempts = serde_json::from_str(&attempts).map_err(|e| corrupt("attempts", e))?;
-    Ok(DeadLetterRecord {
-        id: row.try_get("id")?,
-        tenant_id: TenantId::from_uuid(row.try_get("tenant_id")?),
-        group: row.try_get("group_name")?,
-        event_id: EventId::from_uuid(row.try_get("event_id")?),
-        partition: u32::try_from(partition).map_err(|e| corrupt("partition", e))?,
-        position: row.try_get("position")?,
-        event_type: row.try_get("event_type")?,
-        subject: row.try_get("subject")?,
-        error: row.try_get("error")?,
-        attempts,
-        status: row.try_get("status")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        updated_at: from_micros(row.try_get("updated_at")?)?,
-    })
-}
 
 /// A tenant's audit chain head, if it has sealed anything.
 fn audit_head(
@@ -883,14 +663,7 @@ fn audit_head(
     else {
         return Ok(None);
     };
-    let hash: Vec<u8> = head.try_get("hash")?;
-    let hash = hash
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("audit head hash is not 32 bytes".into()))?;
-    Ok(Some(tally_audit::ChainHead {
-        sequence: head.try_get("sequence")?,
-        hash,
-    }))
+    rows::audit_head(&head).map(Some)
 }
 
 fn order(
@@ -898,11 +671,14 @@ fn order(
     tenant: TenantId,
     id: OrderId,
 ) -> Result<Option<OrderRecord>, StoreError> {
-    let row = sql::query(&format!("{SELECT_ORDER} WHERE tenant_id = ? AND id = ?"))
-        .bind(tenant.as_uuid())
-        .bind(id.as_uuid())
-        .fetch_optional(connection)?;
-    row.as_ref().map(order_record).transpose()
+    let row = sql::query(concat!(
+        rows::select_order!(),
+        " WHERE tenant_id = ? AND id = ?"
+    ))
+    .bind(tenant.as_uuid())
+    .bind(id.as_uuid())
+    .fetch_optional(connection)?;
+    row.as_ref().map(rows::order).transpose()
 }
 
 fn timeline(
@@ -916,13 +692,5 @@ fn timeline(
     .bind(tenant.as_uuid())
     .bind(subject)
     .fetch_all(connection)?;
-    rows.iter()
-        .map(|row| {
-            Ok(TimelineEntry {
-                event_id: EventId::from_uuid(row.try_get("id")?),
-                event_type: row.try_get("type")?,
-                time: from_micros(row.try_get("time")?)?,
-            })
-        })
-        .collect()
+    rows.iter().map(rows::timeline_entry).collect()
 }

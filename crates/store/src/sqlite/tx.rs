@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use super::sql::{self, Row};
+use super::sql::{self};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -19,10 +19,11 @@ use tally_domain::ids::{EventId, OrderId};
 use crate::effect::{EffectOutcome, Once, PreparedEffect, settled};
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
-    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement, StoredResponse,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement,
 };
+use crate::rows;
 use crate::tx::CatalogPrices;
-use crate::{StoreError, Tx, corrupt, from_micros, to_micros};
+use crate::{StoreError, Tx, corrupt, to_micros};
 
 /// A command's transaction: a member of the writer's group commit.
 pub(super) struct SqliteTx {
@@ -35,23 +36,10 @@ impl SqliteTx {
     }
 }
 
-pub(super) const SELECT_IDEMPOTENCY_RECORD: &str = "SELECT fingerprint, status_code, location, response_body, expires_at FROM idempotency_records WHERE tenant_id = ? AND key = ?";
-
-pub(super) fn idempotency_record(row: &Row) -> Result<IdempotencyRecord, StoreError> {
-    let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
-    let status: i64 = row.try_get("status_code")?;
-    Ok(IdempotencyRecord {
-        fingerprint: fingerprint
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("fingerprint is not 32 bytes".into()))?,
-        response: StoredResponse {
-            status: u16::try_from(status).map_err(|e| corrupt("status code", e))?,
-            location: row.try_get("location")?,
-            body: row.try_get("response_body")?,
-        },
-        expires_at: from_micros(row.try_get("expires_at")?)?,
-    })
-}
+pub(super) const SELECT_IDEMPOTENCY_RECORD_BY_KEY: &str = concat!(
+    rows::select_idempotency_record!(),
+    " WHERE tenant_id = ? AND key = ?"
+);
 
 /// `IN (…)` over a list bound as one JSON array, so the statement text does not vary with the
 /// list's length and stays in the prepared-statement cache.
@@ -149,8 +137,7 @@ pub(super) fn order_still(
     if current != status {
         return Ok(false);
     }
-    let current: String = row.try_get("saga")?;
-    let current: Saga = serde_json::from_str(&current).map_err(|e| corrupt("saga", e))?;
+    let current: Saga = rows::Fields::json(&row, "saga")?;
     Ok(current == *saga)
 }
 
@@ -290,18 +277,7 @@ pub(super) fn read_stock(
     .bind(tenant.as_uuid())
     .bind(list)
     .fetch_all(connection)?;
-    rows.iter()
-        .map(|row| {
-            Ok(LockedStock {
-                sku: row.try_get("sku")?,
-                location: row.try_get("location")?,
-                level: StockLevel {
-                    on_hand: row.try_get("on_hand")?,
-                    reserved: row.try_get("reserved")?,
-                },
-            })
-        })
-        .collect()
+    rows.iter().map(rows::locked_stock).collect()
 }
 
 /// Records a partner's webhook delivery; `false` when it was recorded before.
@@ -379,11 +355,11 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sql::query(SELECT_IDEMPOTENCY_RECORD)
+        let row = sql::query(SELECT_IDEMPOTENCY_RECORD_BY_KEY)
             .bind(tenant.as_uuid())
             .bind(key)
             .fetch_optional(self.tx.connection()?)?;
-        row.as_ref().map(idempotency_record).transpose()
+        row.as_ref().map(rows::idempotency_record).transpose()
     }
 
     async fn delete_idempotency_record(
@@ -471,16 +447,7 @@ impl Tx for SqliteTx {
         .bind(tenant.as_uuid())
         .bind(json_list(skus))
         .fetch_all(self.tx.connection()?)?;
-        rows.iter()
-            .map(|row| {
-                let sku: String = row.try_get("sku")?;
-                let prices: String = row.try_get("prices")?;
-                let prices =
-                    serde_json::from_str(&prices).map_err(|e| corrupt("variant prices", e))?;
-                let parsed = crate::codec::parse_prices(&sku, prices)?;
-                Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, parsed))
-            })
-            .collect()
+        rows.iter().map(rows::catalog_price).collect()
     }
 
     async fn lock_stock_level(
@@ -508,13 +475,7 @@ impl Tx for SqliteTx {
         .bind(sku.as_str())
         .bind(location.as_str())
         .fetch_optional(self.tx.connection()?)?;
-        row.map(|row| {
-            Ok(StockLevel {
-                on_hand: row.try_get("on_hand")?,
-                reserved: row.try_get("reserved")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::stock_level).transpose()
     }
 
     async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
@@ -572,14 +533,14 @@ impl Tx for SqliteTx {
         tenant: TenantId,
         id: OrderId,
     ) -> Result<Option<OrderState>, StoreError> {
-        let row = sql::query(&format!(
-            "{} WHERE tenant_id = ? AND id = ?",
-            super::store::SELECT_ORDER
+        let row = sql::query(concat!(
+            rows::select_order!(),
+            " WHERE tenant_id = ? AND id = ?"
         ))
         .bind(tenant.as_uuid())
         .bind(id.as_uuid())
         .fetch_optional(self.tx.connection()?)?;
-        row.as_ref().map(super::store::order_state).transpose()
+        row.as_ref().map(rows::order_state).transpose()
     }
 
     async fn order_still(
