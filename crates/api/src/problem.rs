@@ -218,6 +218,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title, detail) = self.parts();
+        let retry_after = self.retry_after_seconds();
         match &self {
             // Logged here, where it is handled, and nowhere else; the client sees no internals.
             ApiError::Internal(message) => tracing::error!(error = %message, "request failed"),
@@ -242,24 +243,42 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        match status {
-            StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            StatusCode::CONFLICT if slug == "idempotency-key-in-flight" || slug == "not-ready" => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(IN_FLIGHT_RETRY_AFTER_SECONDS),
-                );
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS),
-                );
-            }
-            _ => {}
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+impl ApiError {
+    /// How long a client should wait before sending the request again, for the errors that a
+    /// later attempt may get past. Exhaustive, so that a new kind of error decides it.
+    fn retry_after_seconds(&self) -> Option<u32> {
+        match self {
+            ApiError::IdempotencyKeyInFlight | ApiError::NotReady => {
+                Some(IN_FLIGHT_RETRY_AFTER_SECONDS)
+            }
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            ApiError::MissingCredentials
+            | ApiError::InvalidCredentials
+            | ApiError::MissingScope(_)
+            | ApiError::IdempotencyKeyMissing
+            | ApiError::IdempotencyKeyInvalid(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::UnsupportedMediaType
+            | ApiError::MalformedJson(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::Invalid(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed
+            | ApiError::WebhookRejected(_)
+            | ApiError::DeadLetterState { .. }
+            | ApiError::Refused(_)
+            | ApiError::Internal(_) => None,
+        }
     }
 }

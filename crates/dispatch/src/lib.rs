@@ -41,31 +41,34 @@ pub use backoff::{ATTEMPTS_MAX, RETRY_DELAY_MS_BASE, RETRY_DELAY_MS_MAX, retry_d
 pub use runner::Dispatcher;
 
 /// Why applying an event failed, and so whether to try again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EffectError {
     /// Might succeed later: a partner timed out or answered 5xx, the store was unavailable.
+    #[error("transient: {0}")]
     Transient(String),
     /// Will fail the same way every time: a malformed event, a partner refusing the request.
+    #[error("permanent: {0}")]
     Permanent(String),
 }
 
 impl From<StoreError> for EffectError {
+    /// Exhaustive, so that a new kind of store error forces a decision here.
     fn from(error: StoreError) -> Self {
-        if error.is_unavailable() {
-            EffectError::Transient(error.to_string())
-        } else {
+        match &error {
+            // Stored data that does not parse reads the same on every attempt: documented never
+            // to be retried, it goes straight to the dead letters for an operator.
+            StoreError::Corrupt(_) => EffectError::Permanent(format!("store: {error}")),
             // Serialization failures and deadlocks surface as database errors too; they are
             // worth another attempt, and a real bug exhausts the attempts and dead-letters.
-            EffectError::Transient(format!("store: {error}"))
-        }
-    }
-}
-
-impl std::fmt::Display for EffectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EffectError::Transient(e) => write!(f, "transient: {e}"),
-            EffectError::Permanent(e) => write!(f, "permanent: {e}"),
+            StoreError::Database(_)
+            | StoreError::Sqlite(_)
+            | StoreError::CommitFailed(_)
+            | StoreError::Thread(_) => EffectError::Transient(format!("store: {error}")),
+            // Failures of start-up, which an effect meets only if the store is being replaced
+            // under it: nothing an attempt later changes.
+            StoreError::Migrate(_)
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::DataDirectory { .. } => EffectError::Permanent(format!("store: {error}")),
         }
     }
 }
@@ -243,5 +246,25 @@ impl Delivery {
         tx.commit().await?;
         self.wake.notify_waiters();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves that corrupt stored data goes to the dead letters at once, as `StoreError::Corrupt`
+    /// documents, while a failed commit or an unreachable database is tried again.
+    #[test]
+    fn corrupt_data_is_permanent_and_a_failed_commit_transient() {
+        let corrupt = EffectError::from(StoreError::Corrupt("saga: expected value".into()));
+        assert!(matches!(corrupt, EffectError::Permanent(_)), "{corrupt}");
+        let commit = EffectError::from(StoreError::CommitFailed("disk".into()));
+        assert!(matches!(commit, EffectError::Transient(_)), "{commit}");
+        let unreadable = EffectError::from(StoreError::Thread(std::io::Error::other("spawn")));
+        assert!(
+            matches!(unreadable, EffectError::Transient(_)),
+            "{unreadable}"
+        );
     }
 }

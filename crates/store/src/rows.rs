@@ -216,10 +216,6 @@ pub(crate) fn catalog_price(
     Ok((Sku::parse(&sku).map_err(|e| corrupt("sku", e))?, prices))
 }
 
-pub(crate) fn sku(row: &impl Fields) -> Result<Sku, StoreError> {
-    Sku::parse(&row.text("sku")?).map_err(|e| corrupt("sku", e))
-}
-
 pub(crate) fn stock_record(row: &impl Fields) -> Result<StockRecord, StoreError> {
     Ok(StockRecord {
         location: row.text("location")?,

@@ -68,9 +68,8 @@ enum Commands {
     /// Drive a running Tally through its HTTP API and measure intake and end-to-end latency.
     Bench(Box<tally_loadgen::BenchArgs>),
     /// Deploy Tally as real processes on a fresh store, run a seeded number of orders with
-    /// duplicates, retries, partner faults and duplicate webhooks (and, on Kafka, processes
-    /// killed and restarted), wait for quiescence and run every invariant check. Exits 1 on any
-    /// violation.
+    /// duplicates, retries, partner faults, duplicate webhooks and processes killed and
+    /// restarted, wait for quiescence and run every invariant check. Exits 1 on any violation.
     Chaos(Box<tally::chaos::ChaosArgs>),
     /// Manage tenants.
     #[command(subcommand)]

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
+
 use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
@@ -231,7 +231,7 @@ impl Store for PgStore {
              AND ($7::uuid IS NULL OR id < $7) \
              ORDER BY id DESC LIMIT $8"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(tenant.as_uuid())
             .bind(filter.customer_id.as_deref())
             .bind(filter.status.as_deref())

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use tally_domain::catalog::{Product, Sku};
 use tally_domain::ids::TenantId;
 use tally_domain::inventory::StockLevel;

@@ -209,7 +209,7 @@ impl Store for SqliteStore {
              AND (?7 IS NULL OR id < ?7) \
              ORDER BY id DESC LIMIT ?8"
         );
-        let rows = sql::query(&sql)
+        let rows = sql::query(sql)
             .bind(tenant.as_uuid())
             .bind(filter.customer_id.as_deref())
             .bind(filter.status.as_deref())

@@ -4,8 +4,9 @@
 //! The faults: orders re-sent after their answer and sent by concurrent duplicates under one
 //! key; orders whose payment is declined or whose capture fails; a partner sandbox that fails
 //! requests before and after applying them, answers too late, and delivers each webhook
-//! twice; and, in the multi-process Kafka deployment, the API, the relay and the workers
-//! killed with SIGKILL at random moments and started again. The channel (the load generator)
+//! twice; and processes killed with SIGKILL at random moments and started again: the one
+//! server of the SQLite and PostgreSQL deployments (a crash there is the common case), and the
+//! API, the relay and the workers of the Kafka deployment. The channel (the load generator)
 //! retries what a real channel would retry, with the same key and body. The run then proves
 //! that nothing was lost or done twice: every order reached the status its price steered it
 //! to, the store holds exactly the orders the channel was answered with, and `tally check`
@@ -43,10 +44,6 @@ use crate::chaos::kills::Killing;
 pub use crate::chaos::report::ChaosReport;
 use crate::chaos::report::{CheckFigures, Faults, QuiescenceReport};
 
-/// Share of orders re-sent with the same key once answered: each must be a replay.
-pub const RETRY_SHARE: f64 = 0.10;
-/// Share of orders sent by 2 or 3 concurrent requests under one key: one creates it.
-pub const DUPLICATE_SHARE: f64 = 0.05;
 /// Share of orders whose price makes the sandbox decline the payment: they end cancelled.
 pub const DECLINE_SHARE: f64 = 0.02;
 /// Share of orders whose price makes the capture fail: they end cancelled after a void.
@@ -88,17 +85,19 @@ impl fmt::Display for ChaosDeployment {
     }
 }
 
-/// Which processes of the Kafka deployment may be killed.
+/// Which processes may be killed: the SQLite and PostgreSQL deployments have one server,
+/// which `server` names; the Kafka deployment has the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Victim {
+    Server,
     Api,
     Relay,
     Worker,
 }
 
 /// Run a fixed number of orders through Tally deployed as real processes with faults on
-/// (duplicate and retried requests, partner errors and timeouts, duplicate webhooks, and on
-/// Kafka processes killed and restarted), wait for quiescence, and check every invariant.
+/// (duplicate and retried requests, partner errors and timeouts, duplicate webhooks, and
+/// processes killed and restarted), wait for quiescence, and check every invariant.
 /// Exits 1 on any violation. The same seed gives the same traffic, faults and kill moments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosArgs {
@@ -142,7 +141,14 @@ pub struct ChaosArgs {
     /// How many times the carrier delivers each webhook.
     #[arg(long, default_value_t = 2)]
     pub webhook_duplicates: u32,
-    /// Mean time from a killed process's return to the next kill, on Kafka. 0s kills nothing.
+    /// Share of orders re-sent with the same key once answered (0 to 1): each must be a replay.
+    #[arg(long, default_value_t = 0.10)]
+    pub resend_share: f64,
+    /// Share of orders sent by 2 or 3 concurrent requests under one key (0 to 1): one creates
+    /// the order, the others wait or replay it.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_share: f64,
+    /// Mean time from a killed process's return to the next kill. 0s kills nothing.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub kill_every: Duration,
     /// Shortest time a killed process stays down before it is started again.
@@ -151,12 +157,13 @@ pub struct ChaosArgs {
     /// Longest time a killed process stays down before it is started again.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub down_max: Duration,
-    /// Which processes may be killed, on Kafka.
+    /// Which processes may be killed: server (the one process of the SQLite and PostgreSQL
+    /// deployments), api, relay, worker (those of the Kafka deployment).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "api,relay,worker"
+        default_value = "server,api,relay,worker"
     )]
     pub victims: Vec<Victim>,
     /// How long to wait, after the last order is placed, for every order to be terminal.
@@ -205,6 +212,8 @@ impl ChaosArgs {
             ("error-rate", self.error_rate),
             ("error-after-effect-rate", self.error_after_effect_rate),
             ("timeout-rate", self.timeout_rate),
+            ("resend-share", self.resend_share),
+            ("duplicate-share", self.duplicate_share),
         ];
         for (name, rate) in rates {
             anyhow::ensure!((0.0..=1.0).contains(&rate), "--{name} must be from 0 to 1");
@@ -222,8 +231,8 @@ impl ChaosArgs {
             duration: None,
             orders: Some(self.orders),
             warmup: Duration::ZERO,
-            retry_share: RETRY_SHARE,
-            duplicate_share: DUPLICATE_SHARE,
+            retry_share: self.resend_share,
+            duplicate_share: self.duplicate_share,
             decline_share: DECLINE_SHARE,
             capture_failure_share: CAPTURE_FAILURE_SHARE,
             cancel_share: CANCEL_SHARE,
@@ -413,14 +422,12 @@ async fn start_tally(fleet: &mut Fleet, specs: Vec<fleet::Spec>) -> anyhow::Resu
     Ok(())
 }
 
-/// The kill plan's candidates, on Kafka only.
+/// The kill plan's candidates: of the processes `--victims` names, those the deployment has.
 fn killing(args: &ChaosArgs, fleet: &Fleet) -> Option<Killing> {
-    if args.deployment != ChaosDeployment::Kafka {
-        return None;
-    }
     let mut victims = Vec::new();
     for victim in &args.victims {
         let kind = match victim {
+            Victim::Server => Kind::All,
             Victim::Api => Kind::Api,
             Victim::Relay => Kind::Relay,
             Victim::Worker => Kind::Worker,
@@ -429,6 +436,9 @@ fn killing(args: &ChaosArgs, fleet: &Fleet) -> Option<Killing> {
     }
     victims.sort_unstable();
     victims.dedup();
+    if victims.is_empty() {
+        return None;
+    }
     Some(Killing {
         victims,
         every: args.kill_every,
