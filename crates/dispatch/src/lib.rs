@@ -55,12 +55,15 @@ impl From<StoreError> for EffectError {
     /// Exhaustive, so that a new kind of store error forces a decision here.
     fn from(error: StoreError) -> Self {
         match &error {
-            // Stored data that does not parse reads the same on every attempt: documented never
-            // to be retried, it goes straight to the dead letters for an operator.
-            StoreError::Corrupt(_) => EffectError::Permanent(format!("store: {error}")),
             // Serialization failures and deadlocks surface as database errors too; they are
             // worth another attempt, and a real bug exhausts the attempts and dead-letters.
-            StoreError::Database(_)
+            // `Corrupt` is tried again too, for now: besides stored data that does not parse
+            // (which reads the same on every attempt), the SQLite writer reports its own broken
+            // invariants under it ("a queued job did not run", "a member outlived its group"),
+            // which a later attempt on a sound writer gets past. Those become errors of their
+            // own before `Corrupt` goes straight to the dead letters.
+            StoreError::Corrupt(_)
+            | StoreError::Database(_)
             | StoreError::Sqlite(_)
             | StoreError::CommitFailed(_)
             | StoreError::Thread(_) => EffectError::Transient(format!("store: {error}")),
@@ -253,12 +256,14 @@ impl Delivery {
 mod tests {
     use super::*;
 
-    /// Proves that corrupt stored data goes to the dead letters at once, as `StoreError::Corrupt`
-    /// documents, while a failed commit or an unreachable database is tried again.
+    /// Proves that a failed commit, a thread that could not start and (for now, see the
+    /// conversion) corrupt data are tried again, and that a store which cannot be opened is not.
     #[test]
-    fn corrupt_data_is_permanent_and_a_failed_commit_transient() {
+    fn store_errors_are_transient_unless_nothing_later_changes_them() {
         let corrupt = EffectError::from(StoreError::Corrupt("saga: expected value".into()));
-        assert!(matches!(corrupt, EffectError::Permanent(_)), "{corrupt}");
+        assert!(matches!(corrupt, EffectError::Transient(_)), "{corrupt}");
+        let url = EffectError::from(StoreError::UnsupportedUrl("mysql://".into()));
+        assert!(matches!(url, EffectError::Permanent(_)), "{url}");
         let commit = EffectError::from(StoreError::CommitFailed("disk".into()));
         assert!(matches!(commit, EffectError::Transient(_)), "{commit}");
         let unreadable = EffectError::from(StoreError::Thread(std::io::Error::other("spawn")));
