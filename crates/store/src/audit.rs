@@ -161,12 +161,6 @@ pub(crate) fn unsealed(
         .collect()
 }
 
-/// A draft as the embedded engine stores it, as text; parsed straight into the draft, with no
-/// JSON tree in between.
-pub(crate) fn draft_from_text(text: &str, row: i64) -> Result<AuditDraft, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit draft {row}: {e}")))
-}
-
 /// A draft's place in its tenant's chain, and the hash that seals it there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seal {

@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId, TenantId};
 
+use crate::exec::{Exec, Finish};
 use crate::records::{
     DeadLetterRecord, MovementKind, NewAuditRecord, NewEvent, NewJournalEntry, StockMovement,
 };
-use crate::{StoreError, Tx};
+use crate::{StoreError, Tx, write};
 
 /// A change to one order, with everything it writes beside the order: its ledger entries,
 /// audit record, events and stock movements. It holds only if the order is still in
@@ -39,24 +40,41 @@ impl OrderChange {
     /// Writes the change in `tx`, whose caller has checked the order (or locked it and made
     /// the change from what it found).
     pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), StoreError> {
-        match self.write_refusable(tx).await? {
+        match tx.write_change(self).await? {
             None => Ok(()),
-            Some(movement) => Err(crate::stock::refused(movement)),
+            Some(movement) => Err(crate::stock::refused(&movement)),
         }
     }
+}
 
-    /// Writes the change in `tx` up to a stock move its row refuses, which it returns; the
-    /// caller must then roll back.
-    async fn write_refusable(&self, tx: &mut dyn Tx) -> Result<Option<&StockMovement>, StoreError> {
-        tx.update_order(self.tenant, self.order, &self.status, &self.saga, self.at)
-            .await?;
-        for entry in &self.journal {
-            tx.insert_journal_entry(self.tenant, entry).await?;
-        }
-        tx.insert_audit(&self.audit).await?;
-        tx.append_events(&self.events).await?;
-        crate::stock::shift(tx, self.tenant, &self.stock).await
+/// Writes `change` up to a stock move its row refuses, which it returns (the caller must then
+/// roll back): the order, its ledger entries, its audit record, its events, and its stock
+/// moves last, so that a busy SKU's row stays locked for its own update and the commit only.
+pub(crate) async fn write_change<X: Exec>(
+    x: &mut X,
+    change: &OrderChange,
+) -> Result<Option<StockMovement>, StoreError> {
+    write::update_order(
+        x,
+        change.tenant,
+        change.order,
+        &change.status,
+        &change.saga,
+        change.at,
+    )
+    .await?;
+    for entry in &change.journal {
+        write::insert_journal_entry(x, change.tenant, entry).await?;
     }
+    write::insert_audit(x, &change.audit).await?;
+    write::append_events(x, &change.events).await?;
+    for movement in &change.stock {
+        let delta = crate::stock::delta(movement.kind, movement.quantity);
+        if !write::shift_stock(x, change.tenant, delta, movement).await? {
+            return Ok(Some(movement.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// What a refused stock move of an effect means: other orders took the units of a
@@ -81,12 +99,12 @@ pub enum Once {
 }
 
 impl Once {
-    /// Inserts the row in `tx`; `false` when it was there already.
-    async fn insert(&self, tx: &mut dyn Tx, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    /// Inserts the row; `false` when it was there already.
+    async fn insert<X: Exec>(&self, x: &mut X, at: DateTime<Utc>) -> Result<bool, StoreError> {
         match self {
-            Once::Inbox { group, event } => tx.insert_inbox(group, *event, at).await,
+            Once::Inbox { group, event } => write::insert_inbox(x, group, *event, at).await,
             Once::Webhook { source, delivery } => {
-                tx.insert_webhook_delivery(source, delivery, at).await
+                write::insert_webhook_delivery(x, source, delivery, at).await
             }
         }
     }
@@ -127,40 +145,48 @@ pub fn settled(letter: &DeadLetterRecord, now: DateTime<Utc>) -> DeadLetterRecor
     }
 }
 
-/// Stores `effect` in a command transaction of its own, through [`Tx`]: how engines without a
-/// faster way do it.
-pub(crate) async fn write_in(
-    mut tx: Box<dyn Tx>,
+/// Writes `effect` in the transaction `x` runs in: the statements every engine runs for an
+/// effect (PostgreSQL's batches run the same in one function call, see `postgres::batch`).
+/// Returns whether to keep what it wrote, and the outcome.
+pub(crate) async fn write_with<X: Exec>(
+    x: &mut X,
     effect: &PreparedEffect,
-) -> Result<EffectOutcome, StoreError> {
+) -> Result<(bool, EffectOutcome), StoreError> {
     let change = &effect.change;
-    let outcome = if !effect.once.insert(tx.as_mut(), change.at).await? {
+    let outcome = if !effect.once.insert(x, change.at).await? {
         EffectOutcome::AlreadyApplied
-    } else if !tx
-        .order_still(
-            change.tenant,
-            change.order,
-            &change.expected_status,
-            &change.expected_saga,
-        )
-        .await?
+    } else if !write::order_still(
+        x,
+        change.tenant,
+        change.order,
+        &change.expected_status,
+        &change.expected_saga,
+    )
+    .await?
     {
-        tx.rollback().await?;
-        return Ok(EffectOutcome::OrderChanged);
-    } else if let Some(movement) = change.write_refusable(tx.as_mut()).await? {
-        let outcome = refusal(movement)?;
-        tx.rollback().await?;
-        return Ok(outcome);
+        return Ok((false, EffectOutcome::OrderChanged));
+    } else if let Some(movement) = write_change(x, change).await? {
+        return Ok((false, refusal(&movement)?));
     } else {
         EffectOutcome::Written
     };
-    match &effect.settles {
-        Some(letter) => {
-            tx.upsert_dead_letter(&settled(letter, change.at)).await?;
-            tx.commit().await?;
-        }
-        None if outcome == EffectOutcome::Written => tx.commit().await?,
-        None => tx.rollback().await?,
+    if let Some(letter) = &effect.settles {
+        write::upsert_dead_letter(x, &settled(letter, change.at)).await?;
+        return Ok((true, outcome));
+    }
+    Ok((outcome == EffectOutcome::Written, outcome))
+}
+
+/// Stores `effect` in a transaction of its own, and commits it or rolls it back.
+pub(crate) async fn write_alone<X: Exec + Finish>(
+    mut x: X,
+    effect: &PreparedEffect,
+) -> Result<EffectOutcome, StoreError> {
+    let (keep, outcome) = write_with(&mut x, effect).await?;
+    if keep {
+        x.commit().await?;
+    } else {
+        x.rollback().await?;
     }
     Ok(outcome)
 }

@@ -1,31 +1,47 @@
 //! The store: every command commits its state change, its outbox events and its idempotency
 //! record in one database transaction, on SQLite (the embedded default) or PostgreSQL.
 //!
-//! The business flow of a command is written once, in [`command`], against the [`Tx`] trait of
-//! per-transaction primitives; each engine implements those primitives in its own SQL. Reads
-//! that need no transaction go through [`Store`]. No SQL lives outside this crate.
+//! Everything the store does is written once, over `exec::Exec`: a statement's text (with
+//! `$n` placeholders) and its arguments, run on one engine's connection, whose rows read back
+//! through one decoder per record. An engine adds only how it binds and runs a statement, the
+//! SQL that differs in its dialect, and the mechanisms that really differ (SQLite's single
+//! writer and group commit, PostgreSQL's advisory locks, batches and the relay's sequencing).
+//! No SQL lives outside this crate.
 //!
 //! # Layout
 //!
 //! - [`command`]: the idempotent command flow (claim key, replay or decide, write, record response).
+//! - [`tx`]: the [`Tx`] trait, the primitives one command transaction is made of, implemented
+//!   once by `EngineTx` over the statements of `write`.
+//! - `write`: every statement of a command or effect transaction. A new table a command writes
+//!   gets its statements here.
+//! - `read`: every read and maintenance statement outside a transaction. A new read gets its
+//!   statement here and its method on [`Store`] in `backend`.
+//! - `backend`: [`Store`] written once for both engines over what each engine gives it.
+//! - [`effect`]: a consumer's or webhook's effect on an order and its one write path.
+//! - `rows`: rows read back into [`records`], once for both engines.
 //! - [`records`]: row types the store returns and accepts; separate from wire and domain types.
-//! - [`tx`]: the [`Tx`] trait, the primitives one command transaction is made of.
 //! - [`log`]: the partition function and the shape of log reads shared by both engines.
-//! - [`sqlite`] and [`postgres`]: the two engines, each with its migrations under `migrations/`.
+//! - [`sqlite`] and [`postgres`]: the two engines (connections, group commit, locking, leases),
+//!   each with its migrations under `migrations/`. A new table needs a migration in each.
 
 pub mod audit;
+mod backend;
 mod codec;
 pub mod command;
 pub mod effect;
+mod exec;
 pub mod lease;
 pub mod log;
 pub mod postgres;
+mod read;
 pub mod records;
 mod rows;
 pub mod sqlite;
 pub mod stock;
 pub mod tx;
 pub mod webhook;
+mod write;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -173,9 +189,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn write_effect(
         &self,
         effect: effect::PreparedEffect,
-    ) -> Result<effect::EffectOutcome, StoreError> {
-        effect::write_in(self.begin().await?, &effect).await
-    }
+    ) -> Result<effect::EffectOutcome, StoreError>;
 
     /// Records `events` as applied by `group`, in one transaction: the inbox rows of effects
     /// that wrote nothing else. Rows already there stay as they are.
@@ -184,13 +198,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         group: &str,
         events: &[EventId],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        for event in events {
-            tx.insert_inbox(group, *event, now).await?;
-        }
-        tx.commit().await
-    }
+    ) -> Result<(), StoreError>;
 
     /// Checks that the database answers; used by `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

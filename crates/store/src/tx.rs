@@ -1,5 +1,6 @@
-//! The primitives one command transaction is made of. Each engine implements them in its own
-//! SQL; [`crate::command`] composes them into the command flow once for both.
+//! The primitives one command transaction is made of; [`crate::command`] composes them into
+//! the command flow, and `EngineTx` implements them once for both engines over the
+//! statements of `crate::write`.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,9 @@ use tally_domain::order::Order;
 use tally_domain::text::Code;
 
 use crate::StoreError;
+use crate::effect::OrderChange;
+use crate::exec::{Exec, Finish};
+use crate::write;
 use tally_domain::checkout::Saga;
 use tally_domain::ids::{EventId, OrderId};
 
@@ -93,11 +97,15 @@ pub trait Tx: Send {
         audit: &NewAuditRecord,
         tenant: TenantId,
         record: &NewIdempotencyRecord<'_>,
-    ) -> Result<(), StoreError> {
-        self.append_events(events).await?;
-        self.insert_audit(audit).await?;
-        self.insert_idempotency_record(tenant, record).await
-    }
+    ) -> Result<(), StoreError>;
+
+    /// Writes a change to an order, whose caller has checked the order (or locked it and made
+    /// the change from what it found), up to a stock move its row refuses, which it returns;
+    /// the caller must then roll back.
+    async fn write_change(
+        &mut self,
+        change: &OrderChange,
+    ) -> Result<Option<StockMovement>, StoreError>;
 
     /// Records that `group` applied `event`; `false` when it already had (a duplicate delivery).
     async fn insert_inbox(
@@ -181,4 +189,198 @@ pub trait Tx: Send {
 
     /// Rolls back and waits for it, releasing every lock the transaction held.
     async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A command transaction on either engine: a SQLite writer's member or a PostgreSQL
+/// transaction, running the statements of [`crate::write`].
+pub(crate) struct EngineTx<X>(pub(crate) X);
+
+#[async_trait]
+impl<X: Exec + Finish + Send + 'static> Tx for EngineTx<X> {
+    async fn lock_idempotency_key(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        write::lock_idempotency_key(&mut self.0, tenant, key).await
+    }
+
+    async fn find_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        write::find_idempotency_record(&mut self.0, tenant, key).await
+    }
+
+    async fn delete_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        write::delete_idempotency_record(&mut self.0, tenant, key).await
+    }
+
+    async fn insert_idempotency_record(
+        &mut self,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError> {
+        write::insert_idempotency_record(&mut self.0, tenant, record).await
+    }
+
+    async fn existing_skus(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<Vec<Sku>, StoreError> {
+        write::existing_skus(&mut self.0, tenant, skus).await
+    }
+
+    async fn insert_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError> {
+        write::insert_product(&mut self.0, tenant, product).await
+    }
+
+    async fn catalog_prices(
+        &mut self,
+        tenant: TenantId,
+        skus: &[Sku],
+    ) -> Result<CatalogPrices, StoreError> {
+        write::catalog_prices(&mut self.0, tenant, skus).await
+    }
+
+    async fn lock_stock_level(
+        &mut self,
+        tenant: TenantId,
+        sku: &Sku,
+        location: &Code,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StockLevel>, StoreError> {
+        write::lock_stock_level(&mut self.0, tenant, sku, location, now).await
+    }
+
+    async fn insert_order(&mut self, tenant: TenantId, order: &Order) -> Result<(), StoreError> {
+        write::insert_order(&mut self.0, tenant, order).await
+    }
+
+    async fn append_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
+        write::append_events(&mut self.0, events).await
+    }
+
+    async fn record_command(
+        &mut self,
+        events: &[NewEvent],
+        audit: &NewAuditRecord,
+        tenant: TenantId,
+        record: &NewIdempotencyRecord<'_>,
+    ) -> Result<(), StoreError> {
+        write::record_command(&mut self.0, events, audit, tenant, record).await
+    }
+
+    async fn write_change(
+        &mut self,
+        change: &OrderChange,
+    ) -> Result<Option<StockMovement>, StoreError> {
+        crate::effect::write_change(&mut self.0, change).await
+    }
+
+    async fn insert_inbox(
+        &mut self,
+        group: &str,
+        event: EventId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        write::insert_inbox(&mut self.0, group, event, now).await
+    }
+
+    async fn upsert_dead_letter(&mut self, letter: &DeadLetterRecord) -> Result<(), StoreError> {
+        write::upsert_dead_letter(&mut self.0, letter).await
+    }
+
+    async fn insert_webhook_delivery(
+        &mut self,
+        source: &str,
+        delivery_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        write::insert_webhook_delivery(&mut self.0, source, delivery_id, now).await
+    }
+
+    async fn order_still(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+    ) -> Result<bool, StoreError> {
+        write::order_still(&mut self.0, tenant, id, status, saga).await
+    }
+
+    async fn lock_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+    ) -> Result<Option<OrderState>, StoreError> {
+        write::lock_order(&mut self.0, tenant, id).await
+    }
+
+    async fn update_order(
+        &mut self,
+        tenant: TenantId,
+        id: OrderId,
+        status: &str,
+        saga: &Saga,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        write::update_order(&mut self.0, tenant, id, status, saga, now).await
+    }
+
+    async fn lock_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        write::lock_stock(&mut self.0, tenant, skus).await
+    }
+
+    async fn read_stock(
+        &mut self,
+        tenant: TenantId,
+        skus: &[String],
+    ) -> Result<Vec<LockedStock>, StoreError> {
+        write::read_stock(&mut self.0, tenant, skus).await
+    }
+
+    async fn shift_stock(
+        &mut self,
+        tenant: TenantId,
+        delta: StockLevel,
+        movement: &StockMovement,
+    ) -> Result<bool, StoreError> {
+        write::shift_stock(&mut self.0, tenant, delta, movement).await
+    }
+
+    async fn insert_journal_entry(
+        &mut self,
+        tenant: TenantId,
+        entry: &NewJournalEntry,
+    ) -> Result<(), StoreError> {
+        write::insert_journal_entry(&mut self.0, tenant, entry).await
+    }
+
+    async fn insert_audit(&mut self, record: &NewAuditRecord) -> Result<(), StoreError> {
+        write::insert_audit(&mut self.0, record).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        self.0.rollback().await
+    }
 }

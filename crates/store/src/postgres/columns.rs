@@ -7,22 +7,10 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use uuid::Uuid;
 
-use tally_domain::ids::TenantId;
-
-use crate::records::{NewAuditRecord, NewEvent, NewIdempotencyRecord};
+use crate::records::{NewAuditRecord, NewEvent};
 use crate::{StoreError, corrupt};
 
-/// The partition-key advisory locks a transaction appending `events` takes, in ascending order,
-/// so that two transactions appending under overlapping keys cannot deadlock on each other.
-pub(super) fn partition_lock_ids<'e>(events: impl IntoIterator<Item = &'e NewEvent>) -> Vec<i32> {
-    let mut ids: Vec<i32> = events
-        .into_iter()
-        .map(|e| crate::log::key_lock_id(&e.partition_key))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
+pub(super) use crate::write::partition_lock_ids;
 
 /// The twelve columns of `events`, in the order every statement that appends them takes:
 /// id, tenant, type, source, subject, partition key, partition, time, data, correlation id,
@@ -101,22 +89,4 @@ pub(super) fn bind_audit<'q>(
         .bind(record.body.as_str())
         .bind(&record.entity_type)
         .bind(&record.entity_id)
-}
-
-/// Binds an idempotency record as the next eight parameters of `query`: tenant, key,
-/// fingerprint, status code, location, response body, creation and expiry times.
-pub(super) fn bind_idempotency_record<'q>(
-    query: Query<'q, Postgres, PgArguments>,
-    tenant: TenantId,
-    record: &'q NewIdempotencyRecord<'_>,
-) -> Query<'q, Postgres, PgArguments> {
-    query
-        .bind(tenant.as_uuid())
-        .bind(record.key)
-        .bind(&record.fingerprint[..])
-        .bind(i16::try_from(record.response.status).unwrap_or(i16::MAX))
-        .bind(record.response.location.as_deref())
-        .bind(&record.response.body)
-        .bind(record.created_at)
-        .bind(record.expires_at)
 }

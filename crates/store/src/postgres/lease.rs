@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection, Row};
 
 use super::LOCK_CLASS_LEASE;
-use super::store::UPSERT_OFFSET;
+use crate::exec::Exec;
 use crate::lease::Lease;
 use crate::log::key_lock_id;
 use crate::{StoreError, corrupt};
@@ -117,12 +117,16 @@ impl Lease for PgLease {
     }
 
     async fn commit_offset(&mut self, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_OFFSET)
-            .bind(&self.group)
-            .bind(i32::try_from(self.partition).map_err(|e| corrupt("partition", e))?)
-            .bind(position)
-            .bind(now)
-            .execute(&mut self.connection)
+        self.connection
+            .execute(
+                crate::read::UPSERT_OFFSET,
+                &[
+                    self.group.as_str().into(),
+                    crate::exec::Arg::int4(self.partition)?,
+                    position.into(),
+                    now.into(),
+                ],
+            )
             .await?;
         Ok(())
     }

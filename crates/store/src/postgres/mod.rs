@@ -11,15 +11,15 @@
 //!    strictly increasing order: a reader that has seen position P will never later find an
 //!    event below P. An event that commits late simply gets a later position.
 
+mod backend;
 mod batch;
 mod columns;
 mod effect;
+mod exec;
 mod fields;
 mod gather;
 mod lease;
 mod reads;
-mod store;
-mod tx;
 
 use std::time::Duration;
 

@@ -37,6 +37,7 @@ use std::time::Instant;
 
 use tokio::sync::{Mutex, OwnedMutexGuard, RwLock, oneshot, watch};
 
+#[cfg(test)]
 use super::sql::Query;
 use crate::StoreError;
 
@@ -386,6 +387,7 @@ impl Writer {
     }
 
     /// Runs one statement as a member of its own; the number of rows it changed.
+    #[cfg(test)]
     pub(crate) async fn execute(&self, query: Query<'_>) -> Result<u64, StoreError> {
         let member = self.begin().await?;
         let changed = query.execute(member.connection()?)?;
@@ -401,6 +403,12 @@ pub(crate) struct Member {
     group: Arc<Mutex<Group>>,
     /// The writer, held for the member's life; `None` once it ended.
     guard: Option<Held>,
+}
+
+impl super::sql::OnSqlite for Member {
+    fn connection(&self) -> Result<&Connection, StoreError> {
+        Member::connection(self)
+    }
 }
 
 impl Member {

@@ -7,10 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::group::Writer;
-use super::sql;
-use super::store::UPSERT_OFFSET;
+use crate::StoreError;
+use crate::exec::{Arg, Exec};
 use crate::lease::Lease;
-use crate::{StoreError, to_micros};
 
 /// The leases held in this process, by group and partition.
 pub(crate) type Held = Arc<Mutex<HashSet<(String, u32)>>>;
@@ -73,6 +72,8 @@ impl Drop for SqliteLease {
     }
 }
 
+// The accessors below repeat PostgreSQL's lease in shape: each engine's lease holds its group
+// and partition as fields; what differs is confirming, committing and releasing.
 #[async_trait]
 impl Lease for SqliteLease {
     fn group(&self) -> &str {
@@ -88,16 +89,19 @@ impl Lease for SqliteLease {
     }
 
     async fn commit_offset(&mut self, position: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.writer
+        let mut member = self.writer.begin().await?;
+        member
             .execute(
-                sql::query(UPSERT_OFFSET)
-                    .bind(&self.group)
-                    .bind(i64::from(self.partition))
-                    .bind(position)
-                    .bind(to_micros(now)),
+                crate::read::UPSERT_OFFSET,
+                &[
+                    self.group.as_str().into(),
+                    Arg::int4(self.partition)?,
+                    position.into(),
+                    now.into(),
+                ],
             )
             .await?;
-        Ok(())
+        member.commit().await
     }
 
     async fn release(self: Box<Self>) -> Result<(), StoreError> {

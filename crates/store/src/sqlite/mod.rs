@@ -13,12 +13,11 @@
 //! Statements run on the calling thread (see [`sql`]): they take microseconds. So does a
 //! group's `COMMIT`, which writes to the operating system's cache; the flush runs aside.
 
+mod backend;
 mod checkpoint;
 mod group;
 mod lease;
-mod sql;
-mod store;
-mod tx;
+pub(crate) mod sql;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -121,12 +120,6 @@ impl SqliteStore {
             leases: lease::Held::default(),
         })
     }
-
-    /// A reader connection for one call, back to the pool when dropped, inside a read
-    /// transaction: every read made through it sees one snapshot, of durable writes only.
-    async fn reader(&self) -> Result<Reader<'_>, StoreError> {
-        self.readers.get().await
-    }
 }
 
 /// Opens one of the engine's connections: the writer, or a read-only one beside it.
@@ -169,7 +162,7 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
 /// wait (beginning a snapshot may wait for a group's flush, see [`group::Durability`]); it
 /// keeps at most `idle_max` connections between calls.
 #[derive(Debug)]
-struct Readers {
+pub(crate) struct Readers {
     path: PathBuf,
     durability: Arc<group::Durability>,
     idle: Mutex<Vec<Connection>>,
@@ -177,7 +170,9 @@ struct Readers {
 }
 
 impl Readers {
-    async fn get(&self) -> Result<Reader<'_>, StoreError> {
+    /// A reader connection for one call, back to the pool when dropped, inside a read
+    /// transaction: every read made through it sees one snapshot, of durable writes only.
+    pub(crate) async fn get(&self) -> Result<Reader<'_>, StoreError> {
         let idle = self
             .idle
             .lock()
@@ -200,7 +195,7 @@ impl Readers {
 }
 
 /// A reader connection lent for one call.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     readers: &'a Readers,
     connection: Option<Connection>,
 }
@@ -213,6 +208,12 @@ impl Deref for Reader<'_> {
         self.connection
             .as_ref()
             .unwrap_or_else(|| unreachable!("a reader is used after it was returned"))
+    }
+}
+
+impl sql::OnSqlite for Reader<'_> {
+    fn connection(&self) -> Result<&Connection, StoreError> {
+        Ok(self)
     }
 }
 

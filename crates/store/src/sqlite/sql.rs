@@ -7,10 +7,13 @@
 //! rows come back owned, so that no statement outlives the call that ran it. Statements are
 //! prepared once per connection and kept in its cache.
 
-use rusqlite::types::{FromSql, ToSql, ToSqlOutput, Value, ValueRef};
+use rusqlite::types::{FromSql, Value, ValueRef};
+#[cfg(test)]
+use rusqlite::types::{ToSql, ToSqlOutput};
 use rusqlite::{Connection, params_from_iter};
 
 use crate::StoreError;
+use crate::exec::Arg;
 
 /// Prepared statements kept per connection: every statement text the engine issues fits, so a
 /// busy connection never prepares one twice.
@@ -19,7 +22,7 @@ pub(super) const STATEMENT_CACHE_CAPACITY: usize = 128;
 /// A statement with its arguments, ready to run on a connection.
 #[must_use = "a query does nothing until it is run"]
 pub(super) struct Query<'q> {
-    sql: &'q str,
+    sql: std::borrow::Cow<'q, str>,
     arguments: Vec<Value>,
     /// An argument that could not be bound: running the query reports it.
     unbound: Option<rusqlite::Error>,
@@ -28,14 +31,16 @@ pub(super) struct Query<'q> {
 /// Builds a query over `sql`; arguments bind in order, to `?` placeholders.
 pub(super) fn query(sql: &str) -> Query<'_> {
     Query {
-        sql,
+        sql: std::borrow::Cow::Borrowed(sql),
         arguments: Vec::new(),
         unbound: None,
     }
 }
 
 impl<'q> Query<'q> {
-    /// Binds the next argument.
+    /// Binds the next argument (tests build statements this way; the store binds
+    /// [`Arg`]s).
+    #[cfg(test)]
     pub(super) fn bind<T: ToSql>(mut self, value: T) -> Self {
         match value.to_sql() {
             Ok(ToSqlOutput::Borrowed(value)) => self.arguments.push(Value::from(value)),
@@ -61,7 +66,7 @@ impl<'q> Query<'q> {
         if let Some(error) = self.unbound {
             return Err(error.into());
         }
-        Ok((connection.prepare_cached(self.sql)?, self.arguments))
+        Ok((connection.prepare_cached(&self.sql)?, self.arguments))
     }
 
     /// Runs the statement; the number of rows it changed.
@@ -117,6 +122,7 @@ impl<'q> Query<'q> {
     }
 
     /// The first column of the first row, if there is a row.
+    #[cfg(test)]
     pub(super) fn fetch_optional_scalar<T: FromSql>(
         self,
         connection: &Connection,
@@ -127,6 +133,7 @@ impl<'q> Query<'q> {
     }
 
     /// The first column of every row.
+    #[cfg(test)]
     pub(super) fn fetch_all_scalar<T: FromSql>(
         self,
         connection: &Connection,
@@ -135,6 +142,138 @@ impl<'q> Query<'q> {
             .iter()
             .map(|row| row.try_get(0))
             .collect()
+    }
+}
+
+/// A statement written for both engines, its `$n` placeholders read as SQLite's `?n`: the same
+/// numbered parameter in either spelling. (`$` before anything but a digit, as in a JSON path
+/// `'$.a'`, is left as it is.)
+pub(super) fn placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = sql.as_bytes();
+    if !bytes
+        .windows(2)
+        .any(|pair| pair[0] == b'$' && pair[1].is_ascii_digit())
+    {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// An argument as SQLite holds it: times as microseconds, UUIDs as 16-byte blobs, JSON as
+/// text, a list of text as one JSON array.
+fn value(arg: &Arg<'_>) -> Result<Value, StoreError> {
+    fn or_null<T>(value: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+        value.map_or(Value::Null, f)
+    }
+    Ok(match arg {
+        Arg::Uuid(v) => or_null(*v, |v| Value::Blob(v.as_bytes().to_vec())),
+        Arg::Text(v) => or_null(v.as_ref(), |v| Value::Text(v.to_string())),
+        Arg::Int(v) => or_null(*v, Value::Integer),
+        Arg::Int4(v) => or_null(*v, |v| Value::Integer(i64::from(v))),
+        Arg::Int2(v) => or_null(*v, |v| Value::Integer(i64::from(v))),
+        Arg::Bool(v) => Value::Integer(i64::from(*v)),
+        Arg::Time(v) => or_null(*v, |v| Value::Integer(crate::to_micros(v))),
+        Arg::Bytes(v) => or_null(v.as_ref(), |v| Value::Blob(v.to_vec())),
+        Arg::Json(v) => or_null(v.as_ref(), |v| Value::Text(v.get().to_owned())),
+        Arg::Texts(v) => Value::Text(
+            serde_json::Value::from(v.iter().map(|s| s.as_ref()).collect::<Vec<&str>>())
+                .to_string(),
+        ),
+        Arg::OptTexts(_)
+        | Arg::Uuids(_)
+        | Arg::Ints(_)
+        | Arg::Int4s(_)
+        | Arg::Times(_)
+        | Arg::ByteLists(_) => {
+            return Err(StoreError::Corrupt(
+                "a list argument of a kind SQLite statements do not take".into(),
+            ));
+        }
+    })
+}
+
+/// A statement written for both engines, with its arguments, as a query on this engine.
+fn statement<'q>(sql: &'q str, args: &[Arg<'_>]) -> Query<'q> {
+    let mut query = Query {
+        sql: placeholders(sql),
+        arguments: Vec::with_capacity(args.len()),
+        unbound: None,
+    };
+    for arg in args {
+        match value(arg) {
+            Ok(value) => query.arguments.push(value),
+            Err(StoreError::Corrupt(message)) => {
+                query
+                    .unbound
+                    .get_or_insert(rusqlite::Error::ToSqlConversionFailure(message.into()));
+            }
+            Err(_) => {}
+        }
+    }
+    query
+}
+
+/// What statements run on: a reader, a command's transaction, the writer as a queued job has
+/// it. Each runs to its end before the call returns, so the futures [`Exec`] hands back are
+/// ready at once and hold only the result.
+pub(crate) trait OnSqlite {
+    fn connection(&self) -> Result<&Connection, StoreError>;
+}
+
+impl<T: OnSqlite> crate::exec::Exec for T {
+    const ENGINE: crate::Engine = crate::Engine::Sqlite;
+    type Row = Row;
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(
+            self.connection()
+                .and_then(|connection| statement(sql, args).execute(connection)),
+        )
+    }
+
+    fn fetch_all(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl std::future::Future<Output = Result<Vec<Row>, StoreError>> + Send {
+        std::future::ready(
+            self.connection()
+                .and_then(|connection| statement(sql, args).fetch_all(connection)),
+        )
+    }
+
+    fn fetch_optional(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> impl std::future::Future<Output = Result<Option<Row>, StoreError>> + Send {
+        std::future::ready(
+            self.connection()
+                .and_then(|connection| statement(sql, args).fetch_optional(connection)),
+        )
+    }
+}
+
+/// The writer connection as a job of the writer's queue sees it (see `group`): the statements
+/// of an effect run back to back on it, polled once (they never wait).
+pub(super) struct OnConnection<'c>(pub(super) &'c Connection);
+
+impl OnSqlite for OnConnection<'_> {
+    fn connection(&self) -> Result<&Connection, StoreError> {
+        Ok(self.0)
     }
 }
 
@@ -156,7 +295,7 @@ fn owned(value: ValueRef<'_>) -> Result<Value, StoreError> {
 
 /// One result row, owned.
 #[derive(Debug, Clone)]
-pub(super) struct Row {
+pub(crate) struct Row {
     columns: std::sync::Arc<[String]>,
     values: Vec<Value>,
 }
