@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use tally_commands::{Actor, Command, CommandContext, Executed, Render};
 use tally_domain::clock::Clock;
 use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
-use tally_store::command::{Command, Render};
-use tally_store::{CommandContext, Executed, Store, StoredResponse};
+use tally_store::{Store, StoredResponse};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
@@ -155,7 +155,7 @@ pub(crate) async fn execute<T>(
     let task = tokio::spawn(async move {
         let ctx = CommandContext {
             tenant: principal.tenant,
-            api_key: principal.key_id,
+            actor: Actor::ApiKey(principal.key_id),
             key: &request.key,
             fingerprint: request.fingerprint.clone(),
             request_id: &request.request_id,

@@ -27,8 +27,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::HeaderName;
 use axum::routing::{get, post};
+use tally_commands::Commands;
 use tally_domain::clock::Clock;
-use tally_store::{ApiKeyRecord, Commands, Store};
+use tally_store::{ApiKeyRecord, Store};
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -111,7 +112,10 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(idempotency::REQUEST_ID_HEADER);
     Router::new()
         .route("/v1/products", post(routes::products::create_product))
-        .route("/v1/products/{id}", get(routes::products::get_product))
+        .route(
+            "/v1/products/{id}",
+            get(routes::products::get_product).patch(routes::products::update::update_product),
+        )
         .route("/v1/inventory/adjustments", post(routes::inventory::adjust))
         .route("/v1/inventory/{sku}", get(routes::inventory::get_inventory))
         .route(

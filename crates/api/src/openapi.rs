@@ -11,7 +11,7 @@ use crate::routes::{books, dead_letters, health, inventory, orders, products, we
 #[openapi(
     info(title = "Tally", description = "Event-driven commerce backend: orders, stock and payments, exactly once."),
     paths(
-        products::create_product, products::get_product,
+        products::create_product, products::get_product, products::update::update_product,
         inventory::adjust, inventory::get_inventory,
         orders::place_order, orders::get_order, orders::list_orders,
         orders::cancel_order, orders::return_order,

@@ -5,8 +5,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tally_commands::{CommandError, Refusal};
 use tally_domain::order::PlacementRefused;
-use tally_store::{CommandError, Refusal, StoreError};
+use tally_store::StoreError;
 use utoipa::ToSchema;
 
 /// How long a client should wait before retrying a request whose key is in flight, in seconds.
@@ -162,6 +163,18 @@ fn refusal_parts(refusal: &Refusal) -> (StatusCode, &'static str, &'static str, 
             "not-found",
             "Not found",
             "no such order".into(),
+        ),
+        Refusal::ProductNotFound => (
+            S::NOT_FOUND,
+            "not-found",
+            "Not found",
+            "no such product".into(),
+        ),
+        Refusal::NotVariantsOf(skus) => (
+            S::UNPROCESSABLE_ENTITY,
+            "not-a-variant",
+            "Not a variant of the product",
+            format!("the product has no variant(s) {}", skus_list(skus)),
         ),
         Refusal::NotCancellable { status } => (
             S::CONFLICT,

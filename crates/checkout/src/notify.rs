@@ -66,6 +66,7 @@ fn template(event_type: &str) -> Option<&'static str> {
         EventType::OrderCancelled => Some("order_cancelled"),
         EventType::OrderRefunded => Some("order_refunded"),
         EventType::ProductCreated
+        | EventType::ProductUpdated
         | EventType::InventoryAdjusted
         | EventType::OrderPlaced
         | EventType::OrderStockReserved

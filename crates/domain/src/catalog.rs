@@ -124,6 +124,104 @@ impl NewProduct {
     }
 }
 
+/// A validated change to a product: a new name, new prices for some of its variants (each
+/// named variant's prices replaced whole), or both. Its SKUs and the set of variants stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProductChange {
+    pub name: Option<Text>,
+    pub prices: BTreeMap<Sku, BTreeMap<Currency, Money>>,
+}
+
+/// Why a change does not apply to the product it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeRefused {
+    /// The product has no variants with these SKUs.
+    NotVariants(Vec<Sku>),
+}
+
+/// The data of `tally.product.updated.v1`: the product as it is now, and which of its parts
+/// the change touched.
+#[derive(Debug, Serialize)]
+struct Updated<'a> {
+    #[serde(flatten)]
+    product: &'a Product,
+    changed: Vec<&'static str>,
+}
+
+impl ProductChange {
+    /// Checks what spans the change: it changes something, and each repriced variant keeps 1 to
+    /// [`PRICES_COUNT_MAX`] prices.
+    pub fn parse(
+        name: Option<Text>,
+        prices: BTreeMap<Sku, BTreeMap<Currency, Money>>,
+    ) -> Result<Self, ParseError> {
+        if name.is_none() && prices.is_empty() {
+            return Err(ParseError::new(
+                "a change needs a new name, new prices, or both",
+            ));
+        }
+        if let Some((sku, _)) = prices
+            .iter()
+            .find(|(_, p)| p.is_empty() || p.len() > PRICES_COUNT_MAX)
+        {
+            return Err(ParseError::new(format!(
+                "variant '{sku}' needs 1 to {PRICES_COUNT_MAX} prices"
+            )));
+        }
+        Ok(Self { name, prices })
+    }
+
+    /// The product after the change, and its event; no event when the product already is as
+    /// the change would make it (a change made twice changes nothing the second time).
+    pub fn apply(
+        self,
+        mut product: Product,
+    ) -> Result<(Product, Option<EventDraft>), ChangeRefused> {
+        let unknown: Vec<Sku> = self
+            .prices
+            .keys()
+            .filter(|sku| !product.variants.iter().any(|v| &v.sku == *sku))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ChangeRefused::NotVariants(unknown));
+        }
+        let mut changed = Vec::new();
+        if let Some(name) = self.name
+            && name != product.name
+        {
+            product.name = name;
+            changed.push("name");
+        }
+        let mut repriced = false;
+        for variant in &mut product.variants {
+            if let Some(prices) = self.prices.get(&variant.sku)
+                && *prices != variant.prices
+            {
+                variant.prices = prices.clone();
+                repriced = true;
+            }
+        }
+        if repriced {
+            changed.push("prices");
+        }
+        if changed.is_empty() {
+            return Ok((product, None));
+        }
+        let id = product.id.to_string();
+        let event = EventDraft::new(
+            EventType::ProductUpdated,
+            id.clone(),
+            id,
+            &Updated {
+                product: &product,
+                changed,
+            },
+        );
+        Ok((product, Some(event)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +250,77 @@ mod tests {
             prices: BTreeMap::new(),
         };
         assert!(NewProduct::parse(name, vec![unpriced]).is_err());
+    }
+
+    #[test]
+    fn a_change_renames_and_reprices_and_a_second_time_changes_nothing() {
+        let usd = Currency::parse("USD").expect("USD");
+        let eur = Currency::parse("EUR").expect("EUR");
+        let price = |minor, currency| Money::parse(minor, currency).expect("price");
+        let sku = |s: &str| Sku::parse(s).expect("sku");
+        let product = Product {
+            id: ProductId::generate(),
+            name: Text::parse("Tee").expect("name"),
+            variants: vec![
+                Variant {
+                    sku: sku("A"),
+                    prices: BTreeMap::from([(usd, price(100, usd))]),
+                },
+                Variant {
+                    sku: sku("B"),
+                    prices: BTreeMap::from([(usd, price(200, usd))]),
+                },
+            ],
+            created_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        let change = ProductChange::parse(
+            Some(Text::parse("Shirt").expect("name")),
+            BTreeMap::from([(sku("B"), BTreeMap::from([(eur, price(180, eur))]))]),
+        )
+        .expect("change");
+        let (after, event) = change.clone().apply(product.clone()).expect("applies");
+        assert_eq!(after.name.as_str(), "Shirt");
+        assert_eq!(after.variants[0], product.variants[0], "A is left alone");
+        assert_eq!(
+            after.variants[1].prices,
+            BTreeMap::from([(eur, price(180, eur))]),
+            "B's prices are replaced whole"
+        );
+        let event = event.expect("an event");
+        assert_eq!(event.event_type, EventType::ProductUpdated);
+        let (again, none) = change.apply(after.clone()).expect("applies again");
+        assert_eq!(again, after);
+        assert!(
+            none.is_none(),
+            "the same change twice emits nothing the second time"
+        );
+    }
+
+    #[test]
+    fn a_change_must_change_something_and_name_the_products_own_variants() {
+        assert!(ProductChange::parse(None, BTreeMap::new()).is_err());
+        let sku = Sku::parse("Z").expect("sku");
+        assert!(
+            ProductChange::parse(None, BTreeMap::from([(sku.clone(), BTreeMap::new())])).is_err()
+        );
+        let usd = Currency::parse("USD").expect("USD");
+        let change = ProductChange::parse(
+            None,
+            BTreeMap::from([(
+                sku.clone(),
+                BTreeMap::from([(usd, Money::parse(1, usd).expect("price"))]),
+            )]),
+        )
+        .expect("change");
+        let product = Product {
+            id: ProductId::generate(),
+            name: Text::parse("Tee").expect("name"),
+            variants: vec![],
+            created_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        assert!(matches!(
+            change.apply(product),
+            Err(ChangeRefused::NotVariants(unknown)) if unknown == vec![sku]
+        ));
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     ProductCreated,
+    ProductUpdated,
     InventoryAdjusted,
     OrderPlaced,
     OrderStockReserved,
@@ -25,8 +26,9 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::ProductCreated,
+        EventType::ProductUpdated,
         EventType::InventoryAdjusted,
         EventType::OrderPlaced,
         EventType::OrderStockReserved,
@@ -45,6 +47,7 @@ impl EventType {
     pub const fn as_str(self) -> &'static str {
         match self {
             EventType::ProductCreated => "tally.product.created.v1",
+            EventType::ProductUpdated => "tally.product.updated.v1",
             EventType::InventoryAdjusted => "tally.inventory.adjusted.v1",
             EventType::OrderPlaced => "tally.order.placed.v1",
             EventType::OrderStockReserved => "tally.order.stock_reserved.v1",
@@ -64,7 +67,7 @@ impl EventType {
     /// The category an event belongs to; on Kafka, one topic per category.
     pub const fn category(self) -> &'static str {
         match self {
-            EventType::ProductCreated => "catalog",
+            EventType::ProductCreated | EventType::ProductUpdated => "catalog",
             EventType::InventoryAdjusted => "inventory",
             EventType::OrderPlaced
             | EventType::OrderStockReserved

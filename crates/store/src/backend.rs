@@ -167,7 +167,7 @@ impl<B: Backend> Store for B {
         tenant: TenantId,
         id: ProductId,
     ) -> Result<Option<ProductRecord>, StoreError> {
-        read::product(&mut self.reader().await?, tenant, id).await
+        write::product(&mut self.reader().await?, tenant, id, false).await
     }
 
     async fn stock_levels(

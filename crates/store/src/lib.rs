@@ -10,8 +10,8 @@
 //!
 //! # Layout
 //!
-//! - [`command`]: the idempotent command flow (claim key, replay or decide, write, record response).
-//! - [`tx`]: the [`Tx`] trait, the primitives one command transaction is made of, implemented
+//! - [`tx`]: the [`Tx`] trait, the primitives one command transaction is made of (the
+//!   `tally-commands` crate composes them into commands), implemented
 //!   once by `EngineTx` over the statements of `write`.
 //! - `write`: every statement of a command or effect transaction. A new table a command writes
 //!   gets its statements here.
@@ -28,7 +28,6 @@
 pub mod audit;
 mod backend;
 mod codec;
-pub mod command;
 pub mod effect;
 mod exec;
 pub mod lease;
@@ -51,7 +50,6 @@ use chrono::{DateTime, Utc};
 use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use uuid::Uuid;
 
-pub use command::{CommandContext, CommandError, Commands, Executed, Outcome, Refusal};
 pub use lease::Lease;
 pub use records::*;
 pub use tx::Tx;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
+use tally_domain::ids::{EventId, OrderId, TenantId};
 use uuid::Uuid;
 
 use crate::exec::{Arg, Exec, args, int_or_zero, pick};
@@ -23,32 +23,6 @@ pub(crate) async fn find_api_key<X: Exec>(
         )
         .await?;
     row.as_ref().map(rows::api_key).transpose()
-}
-
-/// The product and its variants; on one reader, so from one snapshot on SQLite.
-pub(crate) async fn product<X: Exec>(
-    x: &mut X,
-    tenant: TenantId,
-    id: ProductId,
-) -> Result<Option<ProductRecord>, StoreError> {
-    let key = args![tenant.as_uuid(), id.as_uuid()];
-    let Some(row) = x
-        .fetch_optional(
-            "SELECT name, created_at FROM products WHERE tenant_id = $1 AND id = $2",
-            &key,
-        )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let variants = x
-        .fetch_all(
-            "SELECT sku, prices FROM variants WHERE tenant_id = $1 AND product_id = $2 \
-             ORDER BY position",
-            &key,
-        )
-        .await?;
-    rows::product(id, &row, &variants).map(Some)
 }
 
 /// Stock of a SKU at every location, or `None` when the tenant has no such SKU.

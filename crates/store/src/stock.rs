@@ -11,7 +11,7 @@ use crate::records::{MovementKind, StockMovement};
 use crate::{StoreError, Tx};
 
 /// How a move of `quantity` units changes a stock row's on-hand and reserved counts.
-pub(crate) fn delta(kind: MovementKind, quantity: i64) -> StockLevel {
+pub fn delta(kind: MovementKind, quantity: i64) -> StockLevel {
     let (on_hand, reserved) = match kind {
         MovementKind::Reserved => (0, quantity),
         MovementKind::Released => (0, -quantity),

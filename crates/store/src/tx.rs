@@ -1,5 +1,5 @@
-//! The primitives one command transaction is made of; [`crate::command`] composes them into
-//! the command flow, and `EngineTx` implements them once for both engines over the
+//! The primitives one command transaction is made of; the `tally-commands` crate composes them
+//! into commands, and `EngineTx` implements them once for both engines over the
 //! statements of `crate::write`.
 
 use std::collections::HashMap;
@@ -18,11 +18,11 @@ use crate::effect::OrderChange;
 use crate::exec::{Exec, Finish};
 use crate::write;
 use tally_domain::checkout::Saga;
-use tally_domain::ids::{EventId, OrderId};
+use tally_domain::ids::{EventId, OrderId, ProductId};
 
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
-    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, ProductRecord, StockMovement,
 };
 
 /// Prices per SKU, as order placement needs them.
@@ -71,6 +71,18 @@ pub trait Tx: Send {
         tenant: TenantId,
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError>;
+    /// Locks a product and its variants for the rest of the transaction and returns them.
+    async fn lock_product(
+        &mut self,
+        tenant: TenantId,
+        id: ProductId,
+    ) -> Result<Option<ProductRecord>, StoreError>;
+    /// Stores a product's name and its variants' prices (its SKUs do not change).
+    async fn update_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError>;
 
     /// Locks the stock row of a SKU at a location for the rest of the transaction and returns
     /// it, creating it empty first if the SKU exists but has no stock there. `None` means the
@@ -251,6 +263,22 @@ impl<X: Exec + Finish + Send + 'static> Tx for EngineTx<X> {
         skus: &[Sku],
     ) -> Result<CatalogPrices, StoreError> {
         write::catalog_prices(&mut self.0, tenant, skus).await
+    }
+
+    async fn lock_product(
+        &mut self,
+        tenant: TenantId,
+        id: ProductId,
+    ) -> Result<Option<ProductRecord>, StoreError> {
+        write::product(&mut self.0, tenant, id, true).await
+    }
+
+    async fn update_product(
+        &mut self,
+        tenant: TenantId,
+        product: &Product,
+    ) -> Result<(), StoreError> {
+        write::update_product(&mut self.0, tenant, product).await
     }
 
     async fn lock_stock_level(

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use tally_domain::catalog::{Product, Sku};
 use tally_domain::checkout::Saga;
-use tally_domain::ids::{EventId, OrderId, TenantId};
+use tally_domain::ids::{EventId, OrderId, ProductId, TenantId};
 use tally_domain::inventory::StockLevel;
 use tally_domain::order::Order;
 use tally_domain::text::Code;
@@ -19,7 +19,7 @@ use tally_domain::text::Code;
 use crate::exec::{Arg, Exec, args, pick};
 use crate::records::{
     DeadLetterRecord, IdempotencyRecord, LockedStock, NewAuditRecord, NewEvent,
-    NewIdempotencyRecord, NewJournalEntry, OrderState, StockMovement,
+    NewIdempotencyRecord, NewJournalEntry, OrderState, ProductRecord, StockMovement,
 };
 use crate::rows::{self, Fields};
 use crate::tx::CatalogPrices;
@@ -215,6 +215,64 @@ pub(crate) async fn insert_product<X: Exec>(
                 .await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A product with its variants; with `lock`, its row locked for the rest of the transaction
+/// (SQLite's single writer holds it already).
+pub(crate) async fn product<X: Exec>(
+    x: &mut X,
+    tenant: TenantId,
+    id: ProductId,
+    lock: bool,
+) -> Result<Option<ProductRecord>, StoreError> {
+    let sql = match (X::ENGINE, lock) {
+        (Engine::Postgres, true) => {
+            "SELECT name, created_at FROM products WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+        }
+        _ => "SELECT name, created_at FROM products WHERE tenant_id = $1 AND id = $2",
+    };
+    let key = args![tenant.as_uuid(), id.as_uuid()];
+    let Some(row) = x.fetch_optional(sql, &key).await? else {
+        return Ok(None);
+    };
+    let variants = x
+        .fetch_all(
+            "SELECT sku, prices FROM variants WHERE tenant_id = $1 AND product_id = $2 \
+             ORDER BY position",
+            &key,
+        )
+        .await?;
+    rows::product(id, &row, &variants).map(Some)
+}
+
+/// Stores a product's name and every variant's prices.
+pub(crate) async fn update_product<X: Exec>(
+    x: &mut X,
+    tenant: TenantId,
+    product: &Product,
+) -> Result<(), StoreError> {
+    x.execute(
+        "UPDATE products SET name = $1 WHERE tenant_id = $2 AND id = $3",
+        &args![
+            product.name.as_str(),
+            tenant.as_uuid(),
+            product.id.as_uuid()
+        ],
+    )
+    .await?;
+    for variant in &product.variants {
+        x.execute(
+            "UPDATE variants SET prices = $1 WHERE tenant_id = $2 AND sku = $3 AND product_id = $4",
+            &[
+                Arg::json_text(crate::codec::prices_json(&variant.prices).to_string())?,
+                tenant.as_uuid().into(),
+                variant.sku.as_str().into(),
+                product.id.as_uuid().into(),
+            ],
+        )
+        .await?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 use tally_api::auth::Scope;
+use tally_commands::{Actor, Command, CommandContext, CommandError, Commands, Executed, Outcome};
 use tally_domain::catalog::Sku;
 use tally_domain::clock::Clock;
 use tally_domain::idempotency::{Fingerprint, IdempotencyKey};
@@ -11,10 +12,7 @@ use tally_domain::ids::ApiKeyId;
 use tally_domain::money::Currency;
 use tally_domain::order::{Address, CountryCode, Customer, LineRequest, NewOrder, Quantity};
 use tally_domain::text::{Code, Text};
-use tally_store::command::Command;
-use tally_store::{
-    CommandContext, CommandError, Commands, Executed, NewEvent, Outcome, StoredResponse,
-};
+use tally_store::{NewEvent, StoredResponse};
 use tally_testkit::{Engine, TestApp, order_body, spawn_app};
 
 tally_testkit::store_tests!(
@@ -252,7 +250,7 @@ async fn processes_racing_under_one_key_place_one_order(engine: Engine) {
         tokio::spawn(async move {
             let ctx = CommandContext {
                 tenant,
-                api_key: ApiKeyId::generate(),
+                actor: Actor::ApiKey(ApiKeyId::generate()),
                 key: &key,
                 fingerprint: Fingerprint([7; 32]),
                 request_id: "racing",
@@ -260,7 +258,12 @@ async fn processes_racing_under_one_key_place_one_order(engine: Engine) {
                 render: &render,
             };
             commands
-                .execute(&ctx, Command::PlaceOrder(new_order("TEE-M")))
+                .execute(
+                    &ctx,
+                    Command::PlaceOrder(tally_commands::place_order::PlaceOrder(new_order(
+                        "TEE-M",
+                    ))),
+                )
                 .await
         })
     });

@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tally_commands::Command;
 use tally_domain::catalog::Sku;
 use tally_domain::inventory::{Adjustment, AdjustmentDelta, StockLevel};
 use tally_domain::text::{Code, Text};
 use tally_store::StoredResponse;
-use tally_store::command::Command;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -121,7 +121,7 @@ pub async fn adjust(
         &state,
         &principal,
         request,
-        Command::AdjustStock(adjustment),
+        Command::AdjustStock(tally_commands::adjust_stock::AdjustStock(adjustment)),
         &super::render,
     )
     .await

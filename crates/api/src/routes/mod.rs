@@ -9,13 +9,14 @@ pub mod orders;
 pub mod products;
 pub mod webhooks;
 
-use tally_store::command::Outcome;
+use tally_commands::Outcome;
 use tally_store::{NewEvent, StoredResponse};
 
 /// Renders any command's outcome into the response stored under its idempotency key.
 pub(crate) fn render(outcome: &Outcome, events: &[NewEvent]) -> StoredResponse {
     match outcome {
         Outcome::ProductCreated(product) => products::render_created(product),
+        Outcome::ProductUpdated(product) => products::update::render(product),
         Outcome::StockAdjusted {
             sku,
             location,

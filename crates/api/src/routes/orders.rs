@@ -7,6 +7,7 @@ use axum::response::Response;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tally_commands::Command;
 use tally_domain::catalog::Sku;
 use tally_domain::ids::OrderId;
 use tally_domain::money::Currency;
@@ -14,7 +15,6 @@ use tally_domain::order::{
     Address, CountryCode, Customer, Email, LineRequest, NewOrder, Order, OrderStatus, Quantity,
 };
 use tally_domain::text::{Code, Text};
-use tally_store::command::Command;
 use tally_store::{NewEvent, OrderFilter, OrderRecord, StoredResponse};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -336,7 +336,7 @@ pub async fn place_order(
         &state,
         &principal,
         request,
-        Command::PlaceOrder(order),
+        Command::PlaceOrder(tally_commands::place_order::PlaceOrder(order)),
         &super::render,
     )
     .await
@@ -365,7 +365,7 @@ pub async fn cancel_order(
         &state,
         &principal,
         request,
-        Command::CancelOrder(id),
+        Command::CancelOrder(tally_commands::cancel_order::CancelOrder(id)),
         &super::render,
     )
     .await
@@ -393,7 +393,7 @@ pub async fn return_order(
         &state,
         &principal,
         request,
-        Command::ReturnOrder(id),
+        Command::ReturnOrder(tally_commands::return_order::ReturnOrder(id)),
         &super::render,
     )
     .await

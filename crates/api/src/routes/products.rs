@@ -1,4 +1,6 @@
-//! `POST /v1/products` and `GET /v1/products/{id}`: the catalog.
+//! `POST /v1/products` and `GET /v1/products/{id}`: the catalog; `PATCH` in [`update`].
+
+pub mod update;
 
 use std::collections::BTreeMap;
 
@@ -8,11 +10,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tally_commands::Command;
 use tally_domain::catalog::{NewProduct, Product, Sku, Variant};
 use tally_domain::ids::ProductId;
 use tally_domain::money::{Currency, Money};
 use tally_domain::text::Text;
-use tally_store::command::Command;
 use tally_store::{ProductRecord, StoredResponse};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -89,7 +91,7 @@ impl ProductBody {
     }
 }
 
-fn product_response(product: &Product) -> ProductResponse {
+pub(crate) fn product_response(product: &Product) -> ProductResponse {
     ProductResponse {
         id: product.id.as_uuid(),
         name: product.name.as_str().to_owned(),
@@ -138,7 +140,7 @@ pub async fn create_product(
         &state,
         &principal,
         request,
-        Command::CreateProduct(product),
+        Command::CreateProduct(tally_commands::create_product::CreateProduct(product)),
         &super::render,
     )
     .await

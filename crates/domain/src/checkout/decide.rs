@@ -81,6 +81,7 @@ impl Trigger {
             EventType::OrderReturned => Some(Trigger::Returned),
             EventType::OrderCancellationRequested => Some(Trigger::CancellationRequested),
             EventType::ProductCreated
+            | EventType::ProductUpdated
             | EventType::InventoryAdjusted
             | EventType::OrderFulfillmentRequested
             | EventType::OrderShipped

@@ -15,6 +15,7 @@
 
 mod backend;
 mod checkpoint;
+mod durability;
 mod group;
 mod lease;
 pub(crate) mod sql;

@@ -32,6 +32,7 @@ fn notifies(event: EventType) -> bool {
         | EventType::OrderCancelled
         | EventType::OrderRefunded => true,
         EventType::ProductCreated
+        | EventType::ProductUpdated
         | EventType::InventoryAdjusted
         | EventType::OrderPlaced
         | EventType::OrderStockReserved

@@ -6,7 +6,7 @@
 //! The order rules are pure functions of an order, its events and its effects
 //! ([`order_violations`], [`effect_violations`]), derived from the code that writes orders:
 //! placement (`tally_domain::order`), the checkout saga (`tally_checkout::saga`), carrier
-//! webhooks (`tally_store::webhook`) and the cancel and return commands (`tally_store::command`).
+//! webhooks (`tally_store::webhook`) and the cancel and return commands (`tally_commands`).
 //!
 //! # Layout
 //!

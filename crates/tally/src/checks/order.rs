@@ -25,7 +25,9 @@ fn move_of(event: EventType) -> Move {
         EventType::OrderReturned => Move::To(OrderStatus::Returned),
         EventType::OrderRefunded => Move::To(OrderStatus::Refunded),
         EventType::OrderCancellationRequested => Move::CancellationRequested,
-        EventType::ProductCreated | EventType::InventoryAdjusted => Move::NotAboutAnOrder,
+        EventType::ProductCreated | EventType::ProductUpdated | EventType::InventoryAdjusted => {
+            Move::NotAboutAnOrder
+        }
     }
 }
 
