@@ -50,12 +50,13 @@ pub struct ApiConfig {
     pub carrier_webhook_secret: String,
 }
 
-impl Default for ApiConfig {
-    fn default() -> Self {
+impl ApiConfig {
+    /// The defaults, with the carrier's webhook secret: there is no built-in one.
+    pub fn new(carrier_webhook_secret: String) -> Self {
         Self {
             idempotency_retention: IDEMPOTENCY_RETENTION_DEFAULT,
             body_bytes_max: BODY_BYTES_MAX,
-            carrier_webhook_secret: tally_sandbox::SandboxConfig::default().webhook_secret,
+            carrier_webhook_secret,
         }
     }
 }

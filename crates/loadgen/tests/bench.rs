@@ -177,7 +177,8 @@ async fn orders_cancelled_at_once_leave_nothing_authorized() {
         seed: 5,
         ..tally_sandbox::SandboxConfig::default()
     };
-    let app = tally_testkit::spawn_app_with(Engine::Sqlite, Default::default(), sandbox).await;
+    let app =
+        tally_testkit::spawn_app_with(Engine::Sqlite, tally_testkit::api_config(), sandbox).await;
     let args = bench_args(
         &app,
         &[

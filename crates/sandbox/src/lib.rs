@@ -43,7 +43,7 @@ pub mod faults;
 pub mod hold;
 pub mod notification;
 pub mod payment;
-pub mod signature;
+pub use tally_wire::signature;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -16,16 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::header;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
 use crate::{SandboxConfig, Shared, lock, pause, signature};
 
-pub const ID_HEADER: &str = "Tally-Webhook-Id";
-pub const TIMESTAMP_HEADER: &str = "Tally-Webhook-Timestamp";
-pub const SIGNATURE_HEADER: &str = "Tally-Webhook-Signature";
-pub const SHIPPED: &str = "shipment.shipped";
-pub const DELIVERED: &str = "shipment.delivered";
+pub use tally_wire::carrier_webhook::{
+    DELIVERED, ID_HEADER, SHIPPED, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookEvent,
+};
 /// How long a copy of a webhook is retried before the carrier gives up on it. Carriers retry
 /// for minutes to hours; a receiver can be down for a deploy, or a saga held up behind a
 /// backlog or a crash can record the shipment long after the carrier created it (its updates
@@ -44,19 +41,6 @@ pub const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Copies of each webhook at most: enough to test deduplication under any realistic storm.
 pub const DUPLICATES_MAX: u32 = 100;
-
-/// A carrier webhook's body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookEvent {
-    pub delivery_id: String,
-    /// [`SHIPPED`] or [`DELIVERED`].
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub shipment_id: String,
-    pub order_id: String,
-    pub tracking_number: String,
-    pub occurred_at: DateTime<Utc>,
-}
 
 /// How webhooks are sent.
 #[derive(Debug)]

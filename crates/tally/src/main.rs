@@ -221,14 +221,10 @@ struct PartnerArgs {
     /// Base URL of the notification provider.
     #[arg(long, env = "TALLY_NOTIFICATION_URL")]
     notification_url: Option<String>,
-    /// The secret the carrier signs webhooks with (HMAC-SHA256).
-    #[arg(
-        long,
-        env = "TALLY_CARRIER_WEBHOOK_SECRET",
-        default_value = "whsec_tally_sandbox",
-        hide_default_value = true
-    )]
-    carrier_webhook_secret: String,
+    /// The secret the carrier signs webhooks with (HMAC-SHA256). Required with partner URLs;
+    /// with the in-process sandbox, one is generated at start and handed to it.
+    #[arg(long, env = "TALLY_CARRIER_WEBHOOK_SECRET", hide_env_values = true)]
+    carrier_webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -239,14 +235,10 @@ struct SandboxArgs {
     /// Where to send carrier webhooks (Tally's /v1/webhooks/carrier).
     #[arg(long, env = "TALLY_SANDBOX_WEBHOOK_URL")]
     webhook_url: Option<String>,
-    /// The secret carrier webhooks are signed with.
-    #[arg(
-        long,
-        env = "TALLY_CARRIER_WEBHOOK_SECRET",
-        default_value = "whsec_tally_sandbox",
-        hide_default_value = true
-    )]
-    webhook_secret: String,
+    /// The secret carrier webhooks are signed with: the same flag and variable as the server
+    /// that verifies them.
+    #[arg(long, env = "TALLY_CARRIER_WEBHOOK_SECRET", hide_env_values = true)]
+    carrier_webhook_secret: String,
     /// Share of requests that fail with 5xx before their effect (0 to 1).
     #[arg(long, env = "TALLY_SANDBOX_ERROR_RATE", default_value_t = 0.0)]
     error_rate: f64,
@@ -485,11 +477,23 @@ async fn serve(
         },
         bus: args.bus.bus(database_url)?,
     };
-    let config = ApiConfig {
-        idempotency_retention: args.idempotency_retention,
-        carrier_webhook_secret: args.partners.carrier_webhook_secret.clone(),
-        ..ApiConfig::default()
+    let external = args.partners.payment_url.is_some()
+        && args.partners.carrier_url.is_some()
+        && args.partners.notification_url.is_some();
+    let secret = match args.partners.carrier_webhook_secret.clone() {
+        Some(secret) if secret.is_empty() => {
+            anyhow::bail!("--carrier-webhook-secret (TALLY_CARRIER_WEBHOOK_SECRET) is empty")
+        }
+        Some(secret) => secret,
+        None if external && deployment.role.api() => anyhow::bail!(
+            "the API verifies the carrier's webhooks: give --carrier-webhook-secret \
+             (TALLY_CARRIER_WEBHOOK_SECRET), the secret the carrier signs them with"
+        ),
+        // The in-process sandbox signs with it, or no webhook reaches this process.
+        None => generated_secret(),
     };
+    let mut config = ApiConfig::new(secret);
+    config.idempotency_retention = args.idempotency_retention;
     let partners = match (
         args.partners.payment_url,
         args.partners.carrier_url,
@@ -524,6 +528,11 @@ async fn serve(
     Ok(())
 }
 
+/// A webhook secret for this run only: 32 random bytes, as carriers issue them.
+fn generated_secret() -> String {
+    format!("whsec_{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
 async fn sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
     let config = SandboxConfig {
         error_rate: args.error_rate,
@@ -531,7 +540,7 @@ async fn sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
         timeout_rate: args.timeout_rate,
         webhook_duplicates: args.webhook_duplicates,
         webhook_url: args.webhook_url.clone(),
-        webhook_secret: args.webhook_secret.clone(),
+        webhook_secret: args.carrier_webhook_secret.clone(),
         seed: args.seed,
         ..SandboxConfig::default()
     };

@@ -36,7 +36,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn api(self) -> bool {
+    /// Whether the process serves the HTTP API (and so verifies partners' webhooks).
+    pub fn api(self) -> bool {
         matches!(self, Role::Api | Role::All)
     }
 

@@ -161,6 +161,10 @@ impl Deployment {
             ("TALLY_PAYMENT_URL", sandbox.clone()),
             ("TALLY_CARRIER_URL", sandbox.clone()),
             ("TALLY_NOTIFICATION_URL", sandbox.clone()),
+            (
+                "TALLY_CARRIER_WEBHOOK_SECRET",
+                "whsec_processes_test".to_owned(),
+            ),
         ];
         let http = reqwest::Client::new();
         let partner = Process::start(
@@ -181,7 +185,7 @@ impl Deployment {
                 "--seed".to_owned(),
                 "7".to_owned(),
             ],
-            &[],
+            &env[env.len() - 1..],
         );
         let mut api = Process::start("api", &dir, &serve("api", api_port), &env);
         wait_ready(&http, &base, &mut api).await;

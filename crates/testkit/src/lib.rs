@@ -222,8 +222,13 @@ pub struct TestApp {
     running: tally::server::Running,
 }
 
+/// The API's configuration in tests: the defaults, with the sandbox's webhook secret.
+pub fn api_config() -> ApiConfig {
+    ApiConfig::new(SandboxConfig::default().webhook_secret)
+}
+
 pub async fn spawn_app(engine: Engine) -> TestApp {
-    spawn_app_with(engine, ApiConfig::default(), SandboxConfig::default()).await
+    spawn_app_with(engine, api_config(), SandboxConfig::default()).await
 }
 
 /// A Tally whose in-process partner sandbox runs with `sandbox`'s fault knobs.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tally::checks::{self, CheckReport};
-use tally_api::ApiConfig;
 use tally_sandbox::{Effect, EffectKind, SandboxConfig};
 use tally_testkit::saga::{
     post_until_answered, wait_until_consumers_caught_up, wait_until_settled,
@@ -135,7 +134,7 @@ async fn settled_shop(
     sandbox: SandboxConfig,
     count: usize,
 ) -> (TestApp, Vec<(String, Path)>, HashMap<String, Value>) {
-    let app = spawn_app_with(engine, ApiConfig::default(), sandbox).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), sandbox).await;
     stock_up(&app).await;
     let placed = place(&app, count).await;
     let orders = wait_until_settled(&app.client(), count).await;

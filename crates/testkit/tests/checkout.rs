@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use tally_api::ApiConfig;
 use tally_sandbox::{EffectKind, SandboxConfig};
 use tally_testkit::saga::{
     assert_checks_pass, post_until_answered, wait_until_consumers_caught_up, wait_until_settled,
@@ -116,7 +115,7 @@ async fn hundreds_of_orders_with_failing_partners_settle_exactly_once(engine: En
         seed: 7,
         ..SandboxConfig::default()
     };
-    let app = spawn_app_with(engine, ApiConfig::default(), sandbox).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), sandbox).await;
     stock_up(&app).await;
     let placed = place_all(&app).await;
     let orders = wait_until_settled(&app.client(), ORDERS).await;
@@ -271,7 +270,7 @@ async fn a_worker_dropped_mid_saga_is_replaced_without_duplicate_effects(engine:
         let running = tally::server::start(
             db.store.clone(),
             clock,
-            ApiConfig::default(),
+            tally_testkit::api_config(),
             listen,
             partners,
             &db.deployment,

@@ -9,7 +9,6 @@ use chrono::Utc;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};
-use tally_api::ApiConfig;
 use tally_api::auth::Scope;
 use tally_api::routes::webhooks::WEBHOOK_WINDOW_SECONDS;
 use tally_domain::checkout::Reservation;
@@ -219,7 +218,7 @@ fn effects_of(app: &TestApp, id: &str, kind: EffectKind) -> Vec<tally_sandbox::E
         .collect()
 }
 
-/// The secret the server verifies carrier webhooks with: `ApiConfig::default()` takes the
+/// The secret the server verifies carrier webhooks with: `tally_testkit::api_config()` takes the
 /// sandbox's default.
 fn webhook_secret() -> String {
     SandboxConfig::default().webhook_secret
@@ -325,7 +324,7 @@ fn bad_signatures(body: &[u8]) -> Vec<(&'static str, SignatureHeaders)> {
 /// `webhook-signature` and changes nothing; the same update under the same delivery id, signed
 /// properly, then ships the order, so the refusals did not use the delivery id up.
 async fn badly_signed_webhooks_are_refused_and_change_nothing(engine: Engine) {
-    let app = spawn_app_with(engine, ApiConfig::default(), held_shipments()).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), held_shipments()).await;
     stock_up(&app).await;
     let id = place(&app, TEE, 1).await;
     wait_for(&app, &id, &["fulfillment_requested"]).await;
@@ -399,7 +398,7 @@ async fn signed_webhooks_that_do_not_fit_are_refused(engine: Engine) {
 /// Retry-After, and leaves the delivery id unused: once the order awaits the carrier, the
 /// carrier's retry of that same delivery ships it.
 async fn a_webhook_before_the_shipment_step_is_not_ready(engine: Engine) {
-    let app = spawn_app_with(engine, ApiConfig::default(), slow_partners()).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), slow_partners()).await;
     stock_up(&app).await;
     let id = place(&app, TEE, 1).await;
     wait_for(&app, &id, &["reserved"]).await;
@@ -478,7 +477,7 @@ async fn repeated_delivered_webhooks_apply_once(engine: Engine) {
 /// reserved units leave stock once. Every copy is made from the order as it was before any of
 /// them was stored, so all but the first find it changed, or their delivery applied.
 async fn racing_shipped_webhooks_ship_an_order_once(engine: Engine) {
-    let app = spawn_app_with(engine, ApiConfig::default(), held_shipments()).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), held_shipments()).await;
     stock_up(&app).await;
     let id = place(&app, TEE, 3).await;
     wait_for(&app, &id, &["fulfillment_requested"]).await;
@@ -523,7 +522,7 @@ async fn racing_shipped_webhooks_ship_an_order_once(engine: Engine) {
 /// reservation is released with stock on hand unchanged, and the timeline records both the
 /// request and the cancellation.
 async fn cancelling_a_reserved_order_releases_its_stock(engine: Engine) {
-    let app = spawn_app_with(engine, ApiConfig::default(), slow_partners()).await;
+    let app = spawn_app_with(engine, tally_testkit::api_config(), slow_partners()).await;
     stock_up(&app).await;
     let id = place(&app, TEE, 3).await;
     wait_for(&app, &id, &["reserved"]).await;

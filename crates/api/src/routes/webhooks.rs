@@ -5,11 +5,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use tally_domain::ids::{OrderId, TenantId};
-use tally_sandbox::signature;
-use tally_sandbox::webhooks::{
+use tally_store::webhook::{ShipmentUpdate, WebhookOutcome, apply_shipment_update};
+use tally_wire::carrier_webhook::{
     DELIVERED, ID_HEADER, SHIPPED, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookEvent,
 };
-use tally_store::webhook::{ShipmentUpdate, WebhookOutcome, apply_shipment_update};
+use tally_wire::signature;
 
 use crate::AppState;
 use crate::problem::{ApiError, Problem};

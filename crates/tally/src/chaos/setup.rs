@@ -100,6 +100,10 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|item| (*item).to_owned()).collect()
 }
 
+/// The secret the sandbox signs carrier webhooks with and the API verifies them with, handed
+/// to both in the environment, as a deployment would.
+const WEBHOOK_SECRET: (&str, &str) = ("TALLY_CARRIER_WEBHOOK_SECRET", "whsec_tally_chaos_run");
+
 /// The partner sandbox, with the run's faults, sending carrier webhooks to `api_url`.
 pub fn sandbox(args: &ChaosArgs, port: u16, api_url: &str) -> Spec {
     let mut command = strings(&["sandbox", "--listen", &format!("127.0.0.1:{port}")]);
@@ -121,7 +125,10 @@ pub fn sandbox(args: &ChaosArgs, port: u16, api_url: &str) -> Spec {
         name: "sandbox".to_owned(),
         kind: Kind::Sandbox,
         args: command,
-        env: vec![("TALLY_LOG".to_owned(), args.process_log.clone())],
+        env: vec![
+            ("TALLY_LOG".to_owned(), args.process_log.clone()),
+            (WEBHOOK_SECRET.0.to_owned(), WEBHOOK_SECRET.1.to_owned()),
+        ],
         base_url: format!("http://127.0.0.1:{port}"),
         ready_path: "/sandbox/effects",
     }
@@ -140,7 +147,10 @@ pub struct Wiring<'a> {
 /// The Tally processes of the deployment, the one serving the API first: one process with
 /// every role, or on Kafka an API, a relay and two workers.
 pub fn tally(args: &ChaosArgs, wiring: &Wiring<'_>) -> anyhow::Result<Vec<Spec>> {
-    let mut env = vec![("TALLY_LOG".to_owned(), args.process_log.clone())];
+    let mut env = vec![
+        ("TALLY_LOG".to_owned(), args.process_log.clone()),
+        (WEBHOOK_SECRET.0.to_owned(), WEBHOOK_SECRET.1.to_owned()),
+    ];
     if let Some(connections) = args.process_db_connections {
         env.push(("TALLY_DB_CONNECTIONS".to_owned(), connections.to_string()));
     }

@@ -57,15 +57,19 @@ pub fn verify(
     let timestamp_text = timestamp_header.trim();
     let signature_text = signature_header.trim();
     if timestamp_text.is_empty() {
-        return Err(SignatureError::Missing(crate::webhooks::TIMESTAMP_HEADER));
+        return Err(SignatureError::Missing(
+            crate::carrier_webhook::TIMESTAMP_HEADER,
+        ));
     }
     if signature_text.is_empty() {
-        return Err(SignatureError::Missing(crate::webhooks::SIGNATURE_HEADER));
+        return Err(SignatureError::Missing(
+            crate::carrier_webhook::SIGNATURE_HEADER,
+        ));
     }
     let timestamp: i64 = timestamp_text
         .parse()
         .map_err(|_| SignatureError::Malformed {
-            header: crate::webhooks::TIMESTAMP_HEADER,
+            header: crate::carrier_webhook::TIMESTAMP_HEADER,
             reason: "it is not a whole number of Unix seconds",
         })?;
     let tag = parse_signature(signature_text)?;
@@ -87,7 +91,7 @@ pub fn verify(
 
 fn parse_signature(text: &str) -> Result<Vec<u8>, SignatureError> {
     let malformed = |reason| SignatureError::Malformed {
-        header: crate::webhooks::SIGNATURE_HEADER,
+        header: crate::carrier_webhook::SIGNATURE_HEADER,
         reason,
     };
     let hex_tag = text
@@ -134,7 +138,9 @@ mod tests {
         let stamp = NOW.to_string();
         assert_eq!(
             verify(SECRET, "", &signature, b"{}", NOW, 300),
-            Err(SignatureError::Missing(crate::webhooks::TIMESTAMP_HEADER))
+            Err(SignatureError::Missing(
+                crate::carrier_webhook::TIMESTAMP_HEADER
+            ))
         );
         assert!(matches!(
             verify(SECRET, "soon", &signature, b"{}", NOW, 300),
