@@ -121,9 +121,10 @@ pub(crate) fn prepare(
     event: &LogEvent,
     before: &OrderState,
     outcome: &Outcome,
-    now: DateTime<Utc>,
+    clock: &dyn tally_domain::clock::Clock,
     partitions: u32,
 ) -> Result<OrderChange, EffectError> {
+    let now = clock.now();
     let tenant = event.tenant_id;
     let order = before.record.id;
     let mut journal = Vec::new();
@@ -145,7 +146,8 @@ pub(crate) fn prepare(
             let mut data = announcement.data();
             data["order_id"] = json!(order);
             let draft = EventDraft::new(announcement.event_type(), key.clone(), key.clone(), &data);
-            envelope(draft, tenant, partitions, now, &causes)
+            let id = tally_domain::ids::EventId::from_uuid(clock.fresh_id());
+            envelope(id, draft, tenant, partitions, now, &causes)
         })
         .collect();
     // The last event is what the step did; the ones before it, what it found had happened.
@@ -159,7 +161,14 @@ pub(crate) fn prepare(
         after: Some(json!({"status": status, "saga": outcome.saga})),
     };
     let actor = Actor::System(CHECKOUT_GROUP.to_owned());
-    let audit = tally_store::audit::record(tenant, now, actor, change, cause_of(event));
+    let audit = tally_store::audit::record(
+        clock.fresh_id(),
+        tenant,
+        now,
+        actor,
+        change,
+        cause_of(event),
+    );
     let stock = match &outcome.stock {
         StockMove::Keep => Vec::new(),
         StockMove::Reserve(reservations) => {

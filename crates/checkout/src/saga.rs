@@ -271,9 +271,9 @@ async fn commit(
     snapshot: OrderState,
     outcome: &Outcome,
 ) -> Result<(), EffectError> {
-    let now = delivery.clock().now();
+    let clock = delivery.clock();
     let partitions = delivery.store().log_partitions();
-    let change = books::prepare(attempt.event, &snapshot, outcome, now, partitions)?;
+    let change = books::prepare(attempt.event, &snapshot, outcome, clock, partitions)?;
     if delivery.write(change).await? {
         return Ok(());
     }
@@ -282,7 +282,7 @@ async fn commit(
     };
     match attempt.decide(&state)? {
         Decision::Commit(outcome) => {
-            books::prepare(attempt.event, &state, &outcome, now, partitions)?
+            books::prepare(attempt.event, &state, &outcome, clock, partitions)?
                 .write(tx.as_mut())
                 .await?;
             delivery.finish(tx).await
@@ -317,13 +317,13 @@ async fn reserve(
     let tenant = attempt.event.tenant_id;
     let lines = order_lines(&snapshot);
     let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
-    let now = delivery.clock().now();
+    let clock = delivery.clock();
     let partitions = delivery.store().log_partitions();
     let seen = delivery.store().read_stock(tenant, &skus).await?;
     // A cancellation is for good: it is decided on locked rows only.
     if let Ok(reservations) = choose_reservations(&lines, &by_location(&seen)) {
         let outcome = decide::reserved(&snapshot.saga, Ok(reservations));
-        let change = books::prepare(attempt.event, &snapshot, &outcome, now, partitions)?;
+        let change = books::prepare(attempt.event, &snapshot, &outcome, clock, partitions)?;
         if delivery.write(change).await? {
             return Ok(());
         }
@@ -337,7 +337,7 @@ async fn reserve(
     let locked = tx.lock_stock(tenant, &skus).await?;
     let chosen = choose_reservations(&lines, &by_location(&locked));
     let outcome = decide::reserved(&state.saga, chosen);
-    books::prepare(attempt.event, &state, &outcome, now, partitions)?
+    books::prepare(attempt.event, &state, &outcome, clock, partitions)?
         .write(tx.as_mut())
         .await?;
     delivery.finish(tx).await

@@ -1,24 +1,18 @@
 //! Receive or remove stock of a SKU at a location (`POST /v1/inventory/adjustments`).
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use tally_domain::ids::TenantId;
 use tally_domain::inventory::Adjustment;
 use tally_store::{MovementKind, StockMovement, Tx};
 
-use crate::{Audited, CommandError, Decide, Decision, Outcome, Refusal};
+use crate::{At, Audited, CommandError, Decide, Decision, Outcome, Refusal};
 
 #[derive(Debug, Clone)]
 pub struct AdjustStock(pub Adjustment);
 
 #[async_trait]
 impl Decide for AdjustStock {
-    async fn decide(
-        self,
-        tx: &mut dyn Tx,
-        tenant: TenantId,
-        now: DateTime<Utc>,
-    ) -> Result<Decision, CommandError> {
+    async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError> {
+        let (tenant, now) = (at.tenant, at.now);
         let adjustment = self.0;
         let before = tx
             .lock_stock_level(tenant, &adjustment.sku, &adjustment.location, now)

@@ -2,25 +2,22 @@
 //! partner call of the order, cancels it at its next step and undoes what it did.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tally_domain::checkout::cancellable;
 use tally_domain::event::EventType;
-use tally_domain::ids::{OrderId, TenantId};
+use tally_domain::ids::OrderId;
 use tally_store::Tx;
 
-use crate::{Audited, CommandError, Decide, Decision, Outcome, Refusal, order_event, status_of};
+use crate::{
+    At, Audited, CommandError, Decide, Decision, Outcome, Refusal, order_event, status_of,
+};
 
 #[derive(Debug, Clone)]
 pub struct CancelOrder(pub OrderId);
 
 #[async_trait]
 impl Decide for CancelOrder {
-    async fn decide(
-        self,
-        tx: &mut dyn Tx,
-        tenant: TenantId,
-        now: DateTime<Utc>,
-    ) -> Result<Decision, CommandError> {
+    async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError> {
+        let (tenant, now) = (at.tenant, at.now);
         let id = self.0;
         let mut state = tx
             .lock_order(tenant, id)

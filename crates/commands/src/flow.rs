@@ -199,13 +199,22 @@ impl Commands {
             outcome,
             events: drafts,
             audit,
-        } = command.decide(tx, ctx.tenant, now).await?;
+        } = command
+            .decide(
+                tx,
+                crate::At {
+                    tenant: ctx.tenant,
+                    now,
+                    clock: self.clock.as_ref(),
+                },
+            )
+            .await?;
         let events: Vec<NewEvent> = drafts
             .into_iter()
             .map(|draft| self.envelope(ctx, draft, now))
             .collect();
         let response = (ctx.render)(&outcome, &events);
-        let audit = audit_record(ctx, audit, &response, now);
+        let audit = audit_record(ctx, audit, &response, now, self.clock.fresh_id());
         let retention = chrono::Duration::from_std(self.retention)
             .unwrap_or_else(|_| chrono::Duration::days(365));
         let record = NewIdempotencyRecord {
@@ -234,7 +243,15 @@ impl Commands {
             causation_id: Some(format!("idempotency-key:{}", ctx.key.as_str())),
             traceparent: ctx.traceparent.map(str::to_owned),
         };
-        tally_store::log::envelope(draft, ctx.tenant, self.store.log_partitions(), now, &causes)
+        let id = tally_domain::ids::EventId::from_uuid(self.clock.fresh_id());
+        tally_store::log::envelope(
+            id,
+            draft,
+            ctx.tenant,
+            self.store.log_partitions(),
+            now,
+            &causes,
+        )
     }
 }
 
@@ -245,6 +262,7 @@ fn audit_record(
     audited: crate::Audited,
     response: &StoredResponse,
     now: DateTime<Utc>,
+    id: uuid::Uuid,
 ) -> tally_store::NewAuditRecord {
     let change = tally_store::audit::Change {
         entity_type: audited.entity_type,
@@ -259,7 +277,7 @@ fn audit_record(
         event_id: None,
         causation_id: None,
     };
-    tally_store::audit::record(ctx.tenant, now, ctx.actor.audited(), change, cause)
+    tally_store::audit::record(id, ctx.tenant, now, ctx.actor.audited(), change, cause)
 }
 
 fn replay(

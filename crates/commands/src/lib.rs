@@ -52,15 +52,19 @@ pub struct Audited {
     pub action: &'static str,
 }
 
+/// Where and when a command is decided: the tenant, the moment, and the clock that mints the
+/// ids of what it creates (injected, so that a seeded run mints the same ones).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub tenant: TenantId,
+    pub now: DateTime<Utc>,
+    pub clock: &'a dyn tally_domain::clock::Clock,
+}
+
 /// One command: decides with the domain's rules on what `tx` finds, and writes its change.
 #[async_trait]
 pub trait Decide: Send {
-    async fn decide(
-        self,
-        tx: &mut dyn Tx,
-        tenant: TenantId,
-        now: DateTime<Utc>,
-    ) -> Result<Decision, CommandError>;
+    async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError>;
 }
 
 /// Lists every command once: the [`Command`] enum and its dispatch to each one's [`Decide`].
@@ -73,14 +77,9 @@ macro_rules! commands {
         }
 
         impl Command {
-            async fn decide(
-                self,
-                tx: &mut dyn Tx,
-                tenant: TenantId,
-                now: DateTime<Utc>,
-            ) -> Result<Decision, CommandError> {
+            async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError> {
                 match self {
-                    $(Command::$variant(command) => command.decide(tx, tenant, now).await,)*
+                    $(Command::$variant(command) => command.decide(tx, at).await,)*
                 }
             }
         }

@@ -2,26 +2,23 @@
 //! saga refunds the payment on the event.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tally_domain::checkout::returnable;
 use tally_domain::event::EventType;
-use tally_domain::ids::{OrderId, TenantId};
+use tally_domain::ids::OrderId;
 use tally_domain::order::OrderStatus;
 use tally_store::Tx;
 
-use crate::{Audited, CommandError, Decide, Decision, Outcome, Refusal, order_event, status_of};
+use crate::{
+    At, Audited, CommandError, Decide, Decision, Outcome, Refusal, order_event, status_of,
+};
 
 #[derive(Debug, Clone)]
 pub struct ReturnOrder(pub OrderId);
 
 #[async_trait]
 impl Decide for ReturnOrder {
-    async fn decide(
-        self,
-        tx: &mut dyn Tx,
-        tenant: TenantId,
-        now: DateTime<Utc>,
-    ) -> Result<Decision, CommandError> {
+    async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError> {
+        let (tenant, now) = (at.tenant, at.now);
         let id = self.0;
         let state = tx
             .lock_order(tenant, id)

@@ -5,14 +5,13 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tally_domain::catalog::{ChangeRefused, Product, ProductChange, Sku, Variant};
-use tally_domain::ids::{ProductId, TenantId};
+use tally_domain::ids::ProductId;
 use tally_domain::money::{Currency, Money};
 use tally_domain::text::Text;
 use tally_store::{ProductRecord, Tx};
 
-use crate::{Audited, CommandError, Decide, Decision, Outcome, Refusal};
+use crate::{At, Audited, CommandError, Decide, Decision, Outcome, Refusal};
 
 #[derive(Debug, Clone)]
 pub struct UpdateProduct {
@@ -22,12 +21,8 @@ pub struct UpdateProduct {
 
 #[async_trait]
 impl Decide for UpdateProduct {
-    async fn decide(
-        self,
-        tx: &mut dyn Tx,
-        tenant: TenantId,
-        _now: DateTime<Utc>,
-    ) -> Result<Decision, CommandError> {
+    async fn decide(self, tx: &mut dyn Tx, at: At<'_>) -> Result<Decision, CommandError> {
+        let tenant = at.tenant;
         let record = tx
             .lock_product(tenant, self.id)
             .await?

@@ -346,7 +346,7 @@ impl Dispatcher {
         tracing::error!(group, event_id = %event.id, event_type = %event.event_type, %error, "event dead-lettered");
         metrics::counter!("tally_dead_letters_total", "group" => group).increment(1);
         let letter = DeadLetterRecord {
-            id: uuid::Uuid::now_v7(),
+            id: self.clock.fresh_id(),
             tenant_id: event.tenant_id,
             group: group.to_owned(),
             event_id: event.id,

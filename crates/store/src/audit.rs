@@ -43,6 +43,7 @@ pub struct Change<'a> {
 
 /// An audit draft ready to insert.
 pub fn record(
+    id: uuid::Uuid,
     tenant: TenantId,
     at: DateTime<Utc>,
     actor: Actor,
@@ -51,7 +52,7 @@ pub fn record(
 ) -> NewAuditRecord {
     let draft = AuditDraft {
         tenant_id: tenant.as_uuid(),
-        id: uuid::Uuid::now_v7(),
+        id,
         at,
         actor,
         entity_type: change.entity_type.to_owned(),

@@ -43,8 +43,10 @@ pub struct Causes {
     pub traceparent: Option<String>,
 }
 
-/// Wraps a decision's draft into a CloudEvents envelope for the outbox.
+/// Wraps a decision's draft into a CloudEvents envelope for the outbox, under `id` (minted by
+/// the injected clock).
 pub fn envelope(
+    id: EventId,
     draft: EventDraft,
     tenant: TenantId,
     partitions: u32,
@@ -52,7 +54,7 @@ pub fn envelope(
     causes: &Causes,
 ) -> NewEvent {
     NewEvent {
-        id: EventId::generate(),
+        id,
         tenant_id: tenant,
         event_type: draft.event_type.as_str(),
         source: format!("/tally/{}", draft.event_type.category()),

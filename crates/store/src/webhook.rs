@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tally_domain::checkout::Saga;
+use tally_domain::clock::Clock;
 use tally_domain::event::{EventDraft, EventType};
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::order::OrderStatus;
@@ -81,14 +82,15 @@ pub async fn apply_shipment_update(
     order: OrderId,
     update: ShipmentUpdate,
     delivery_id: &str,
-    now: DateTime<Utc>,
+    clock: &dyn Clock,
 ) -> Result<WebhookOutcome, StoreError> {
     let webhook = Webhook {
         tenant,
         order,
         update,
         delivery_id,
-        now,
+        now: clock.now(),
+        clock,
     };
     let (from, ..) = transition(update);
     if let Some(record) = store.order(tenant, order).await?
@@ -113,13 +115,15 @@ pub async fn apply_shipment_update(
 }
 
 /// One delivery of a carrier webhook about one order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Webhook<'a> {
     tenant: TenantId,
     order: OrderId,
     update: ShipmentUpdate,
     delivery_id: &'a str,
     now: DateTime<Utc>,
+    /// Mints the ids of the event and the audit record.
+    clock: &'a dyn Clock,
 }
 
 impl Webhook<'_> {
@@ -173,6 +177,7 @@ impl Webhook<'_> {
             update,
             delivery_id,
             now,
+            clock,
         } = self;
         let mut saga = before.clone();
         let (_, to, event_type) = transition(update);
@@ -196,7 +201,8 @@ impl Webhook<'_> {
             causation_id: Some(format!("webhook:{delivery_id}")),
             traceparent: None,
         };
-        let event = envelope(draft, tenant, partitions, now, &causes);
+        let id = tally_domain::ids::EventId::from_uuid(clock.fresh_id());
+        let event = envelope(id, draft, tenant, partitions, now, &causes);
         let change = Change {
             entity_type: "order",
             entity_id: order.to_string(),
@@ -210,6 +216,7 @@ impl Webhook<'_> {
             ..Cause::default()
         };
         let audit = crate::audit::record(
+            clock.fresh_id(),
             tenant,
             now,
             Actor::Partner(CARRIER.to_owned()),

@@ -46,7 +46,7 @@ pub async fn create_tenant(
         !name.is_empty() && name.chars().count() <= TENANT_NAME_CHARS_MAX,
         "the tenant name must be 1 to {TENANT_NAME_CHARS_MAX} characters"
     );
-    let tenant = TenantId::generate();
+    let tenant = TenantId::from_uuid(clock.fresh_id());
     store
         .create_tenant(&NewTenant {
             id: tenant,
@@ -65,7 +65,7 @@ pub async fn create_key(
     scopes: &[Scope],
 ) -> anyhow::Result<IssuedKey> {
     let (secret, key_hash) = generate_api_key();
-    let key_id = ApiKeyId::generate();
+    let key_id = ApiKeyId::from_uuid(clock.fresh_id());
     store
         .create_api_key(&NewApiKey {
             id: key_id,

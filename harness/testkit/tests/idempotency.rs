@@ -24,6 +24,7 @@ tally_testkit::store_tests!(
     keys_are_scoped_per_tenant,
     a_refused_request_leaves_the_key_unused,
     expired_keys_are_purged_and_can_be_used_again,
+    a_seeded_clock_mints_the_same_ids_on_every_run,
 );
 
 async fn order_count(app: &TestApp) -> usize {
@@ -373,4 +374,87 @@ async fn expired_keys_are_purged_and_can_be_used_again(engine: Engine) {
     );
     assert_eq!(order_count(&app).await, 4);
     app.stop().await;
+}
+
+/// A clock that stands still, for runs that must repeat exactly.
+#[derive(Debug)]
+struct Stopped(chrono::DateTime<chrono::Utc>);
+
+impl Clock for Stopped {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0
+    }
+}
+
+/// Commands mint their ids from the injected clock: two runs on fresh stores with one seed
+/// create the same product, place the same order and append the same events, id for id.
+async fn a_seeded_clock_mints_the_same_ids_on_every_run(engine: Engine) {
+    let render = |outcome: &Outcome, events: &[NewEvent]| {
+        let id = match outcome {
+            Outcome::ProductCreated(product) => product.id.to_string(),
+            Outcome::OrderPlaced(order) => order.id.to_string(),
+            other => panic!("unexpected outcome {other:?}"),
+        };
+        let events: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        StoredResponse {
+            status: 201,
+            location: None,
+            body: format!("{id} {}", events.join(",")).into_bytes(),
+        }
+    };
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a time");
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let db = tally_testkit::fresh_database(engine).await;
+        let clock = std::sync::Arc::new(tally_domain::clock::Seeded::new(Stopped(at), 42));
+        let tenant = tally_domain::ids::TenantId::from_uuid(clock.fresh_id());
+        db.store
+            .create_tenant(&tally_store::NewTenant {
+                id: tenant,
+                name: "Seeded".into(),
+                created_at: at,
+            })
+            .await
+            .expect("a tenant");
+        let commands = Commands::new(
+            std::sync::Arc::clone(&db.store),
+            clock.clone(),
+            std::time::Duration::from_secs(86_400),
+        );
+        let usd = Currency::parse("USD").expect("USD");
+        let product = tally_domain::catalog::NewProduct::parse(
+            Text::parse("Tee").expect("a name"),
+            vec![tally_domain::catalog::Variant {
+                sku: Sku::parse("TEE-M").expect("a SKU"),
+                prices: std::collections::BTreeMap::from([(
+                    usd,
+                    tally_domain::money::Money::parse(1999, usd).expect("a price"),
+                )]),
+            }],
+        )
+        .expect("a product");
+        let commands_run = [
+            Command::CreateProduct(tally_commands::create_product::CreateProduct(product)),
+            Command::PlaceOrder(tally_commands::place_order::PlaceOrder(new_order("TEE-M"))),
+        ];
+        let mut answers = Vec::new();
+        for (i, command) in commands_run.into_iter().enumerate() {
+            let key = IdempotencyKey::parse(&format!("seeded-{i}")).expect("a key");
+            let ctx = CommandContext {
+                tenant,
+                actor: Actor::ApiKey(ApiKeyId::from_uuid(clock.fresh_id())),
+                key: &key,
+                fingerprint: Fingerprint([1; 32]),
+                request_id: "seeded",
+                traceparent: None,
+                render: &render,
+            };
+            match commands.execute(&ctx, command).await.expect("executed") {
+                Executed::Fresh(response) => answers.push(response.body),
+                Executed::Replayed(_) => panic!("a fresh store replays nothing"),
+            }
+        }
+        runs.push((tenant, answers));
+    }
+    assert_eq!(runs[0], runs[1], "one seed, the same ids");
 }

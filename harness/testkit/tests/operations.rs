@@ -651,6 +651,7 @@ fn test_effect(
             at: now,
             journal: Vec::new(),
             audit: tally_store::audit::record(
+                uuid::Uuid::now_v7(),
                 app.tenant,
                 now,
                 Actor::System("effect-test".to_owned()),

@@ -84,7 +84,7 @@ pub async fn carrier(
         order,
         update,
         delivery_id,
-        now,
+        state.inner.clock.as_ref(),
     )
     .await?;
     match outcome {
