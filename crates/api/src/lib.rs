@@ -12,6 +12,13 @@
 //! - [`routes`]: one module per resource.
 //! - [`openapi`]: the generated document and Swagger UI.
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
+//!
+//! A new mutating route is a handler in its resource's module under [`routes`] (or a file of
+//! its own beside it, as `routes/products/update.rs`) that parses the body into domain values
+//! and hands a `tally_commands::Command` to [`idempotency`]'s `execute`, plus one `.route` line
+//! below and one line in [`openapi`]. A new partner's webhook (an ingress) is a handler in
+//! `routes/webhooks.rs` that checks the partner's signature with the partner's contract in
+//! `tally-wire` and issues its change as that partner (an `Actor::Partner`).
 
 pub mod auth;
 pub mod idempotency;

@@ -8,6 +8,10 @@
 //! - [`notify`]: one notification per significant order event.
 //! - [`partners`]: HTTP adapters of the payment provider, the carrier and the notifier.
 //! - [`books`]: journal entries, audit records and events of one saga step.
+//!
+//! A new step of the order lifecycle is a decision in `tally_domain::checkout::decide` and its
+//! partner call here in [`saga`]; a new partner is an adapter in [`partners`] over its wire
+//! contract in `tally-wire`, with a sandbox speaking the same contract in `harness/sandbox`.
 
 mod books;
 pub mod notify;

@@ -59,23 +59,7 @@ impl Notifications {
 
 /// The template of the message for an event, for the events a customer hears about.
 fn template(event_type: &str) -> Option<&'static str> {
-    match EventType::parse(event_type)? {
-        EventType::OrderPaymentCaptured => Some("order_confirmed"),
-        EventType::OrderShipped => Some("order_shipped"),
-        EventType::OrderDelivered => Some("order_delivered"),
-        EventType::OrderCancelled => Some("order_cancelled"),
-        EventType::OrderRefunded => Some("order_refunded"),
-        EventType::ProductCreated
-        | EventType::ProductUpdated
-        | EventType::InventoryAdjusted
-        | EventType::OrderPlaced
-        | EventType::OrderStockReserved
-        | EventType::OrderPaymentAuthorized
-        | EventType::OrderFulfillmentRequested
-        | EventType::OrderCompleted
-        | EventType::OrderReturned
-        | EventType::OrderCancellationRequested => None,
-    }
+    EventType::parse(event_type)?.customer_template()
 }
 
 #[async_trait]

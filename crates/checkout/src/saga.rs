@@ -52,9 +52,9 @@ pub(crate) fn order_of(event: &LogEvent) -> Result<OrderId, EffectError> {
         .map_err(|_| EffectError::Permanent(format!("event {} has no order subject", event.id)))
 }
 
-/// What partners know an order by: tenant and order, so webhooks find their way back.
+/// What partners know an order by (see [`tally_domain::order::partner_reference`]).
 pub(crate) fn partner_reference(event: &LogEvent, order: OrderId) -> String {
-    format!("{}/{order}", event.tenant_id)
+    tally_domain::order::partner_reference(event.tenant_id, order)
 }
 
 /// One attempt at applying an event: what it is about and what partners answered so far.

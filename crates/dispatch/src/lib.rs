@@ -25,6 +25,11 @@
 //!   it is handed.
 //! - [`Dispatcher`]: the partition loops and the dead-letter retry loop.
 //! - [`backoff`]: the retry delays.
+//!
+//! A new effect of events (a consumer group) is a [`Handler`] in the crate that owns the
+//! effect (the saga and notifications live in `tally-checkout`), started by `tally::server`;
+//! its writes go through [`Delivery`] so that they commit with the group's inbox row. Work that
+//! runs later and retries for hours (a job) does not belong here: it goes on the job queue.
 
 mod backoff;
 mod runner;

@@ -44,6 +44,28 @@ impl EventType {
         EventType::OrderCancellationRequested,
     ];
 
+    /// The message a customer with an address is sent for an event of this type, if any: the
+    /// notifications consumer sends it, the checker verifies it was sent.
+    pub const fn customer_template(self) -> Option<&'static str> {
+        match self {
+            EventType::OrderPaymentCaptured => Some("order_confirmed"),
+            EventType::OrderShipped => Some("order_shipped"),
+            EventType::OrderDelivered => Some("order_delivered"),
+            EventType::OrderCancelled => Some("order_cancelled"),
+            EventType::OrderRefunded => Some("order_refunded"),
+            EventType::ProductCreated
+            | EventType::ProductUpdated
+            | EventType::InventoryAdjusted
+            | EventType::OrderPlaced
+            | EventType::OrderStockReserved
+            | EventType::OrderPaymentAuthorized
+            | EventType::OrderFulfillmentRequested
+            | EventType::OrderCompleted
+            | EventType::OrderReturned
+            | EventType::OrderCancellationRequested => None,
+        }
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             EventType::ProductCreated => "tally.product.created.v1",

@@ -143,3 +143,43 @@ mod tests {
         assert!(AdjustmentDelta::parse(-ADJUSTMENT_DELTA_MAX).is_ok());
     }
 }
+
+/// Why a stock row's counts change: each change is a movement of one of these kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovementKind {
+    Received,
+    Removed,
+    Reserved,
+    Released,
+    Shipped,
+    Returned,
+}
+
+impl MovementKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MovementKind::Received => "received",
+            MovementKind::Removed => "removed",
+            MovementKind::Reserved => "reserved",
+            MovementKind::Released => "released",
+            MovementKind::Shipped => "shipped",
+            MovementKind::Returned => "returned",
+        }
+    }
+}
+
+impl MovementKind {
+    /// How a move of `quantity` units of this kind changes a row's on-hand and reserved counts:
+    /// a reservation holds units, a release gives them back, a shipment takes held units out
+    /// of stock, a return or a receipt adds units, a removal takes them away.
+    pub const fn delta(self, quantity: i64) -> StockLevel {
+        let (on_hand, reserved) = match self {
+            MovementKind::Reserved => (0, quantity),
+            MovementKind::Released => (0, -quantity),
+            MovementKind::Shipped => (-quantity, -quantity),
+            MovementKind::Returned | MovementKind::Received => (quantity, 0),
+            MovementKind::Removed => (-quantity, 0),
+        };
+        StockLevel { on_hand, reserved }
+    }
+}

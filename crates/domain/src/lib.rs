@@ -18,7 +18,11 @@
 //!   ([`checkout::decide`]).
 //! - [`event`]: event types and the drafts a decision emits into the outbox.
 //! - [`idempotency`]: idempotency keys and request fingerprints.
-//! - [`clock`]: the injected clock.
+//! - [`clock`]: the injected clock, which also mints identifiers (seeded runs repeat them).
+//!
+//! A new business rule is a pure function here, next to the values it decides on, tested
+//! without a store; the command (in `tally-commands`) or step (in `tally-checkout`) that applies
+//! it calls it, and so does the checker (`tally check`) that verifies it at rest.
 
 pub mod catalog;
 pub mod checkout;

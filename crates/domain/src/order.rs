@@ -277,6 +277,25 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Where the status stands on an order's forward path (a later step ranks higher); `None`
+    /// for a cancelled order, which leaves the path. A partner's update that follows a later
+    /// step than the order has reached is not ready; one for an earlier step is a repeat.
+    pub const fn lifecycle_rank(self) -> Option<u8> {
+        match self {
+            OrderStatus::Placed => Some(0),
+            OrderStatus::Reserved => Some(1),
+            OrderStatus::Authorized => Some(2),
+            OrderStatus::Captured => Some(3),
+            OrderStatus::FulfillmentRequested => Some(4),
+            OrderStatus::Shipped => Some(5),
+            OrderStatus::Delivered => Some(6),
+            OrderStatus::Completed => Some(7),
+            OrderStatus::Returned => Some(8),
+            OrderStatus::Refunded => Some(9),
+            OrderStatus::Cancelled => None,
+        }
+    }
+
     pub const ALL: [OrderStatus; 11] = [
         OrderStatus::Placed,
         OrderStatus::Reserved,
@@ -313,6 +332,39 @@ impl OrderStatus {
             .find(|s| s.as_str() == raw)
             .ok_or_else(|| ParseError::new(format!("'{raw}' is not an order status")))
     }
+}
+
+/// What the carrier reports about an order's shipment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShipmentUpdate {
+    Shipped,
+    Delivered,
+}
+
+impl ShipmentUpdate {
+    /// The status the update moves an order from, the one it moves it to, and the event that
+    /// says so.
+    pub const fn transition(self) -> (OrderStatus, OrderStatus, crate::event::EventType) {
+        use crate::event::EventType;
+        match self {
+            ShipmentUpdate::Shipped => (
+                OrderStatus::FulfillmentRequested,
+                OrderStatus::Shipped,
+                EventType::OrderShipped,
+            ),
+            ShipmentUpdate::Delivered => (
+                OrderStatus::Shipped,
+                OrderStatus::Delivered,
+                EventType::OrderDelivered,
+            ),
+        }
+    }
+}
+
+/// What partners know an order by (the payment provider, the carrier, the notifier): its
+/// tenant and id, so that their webhooks find their way back.
+pub fn partner_reference(tenant: crate::ids::TenantId, order: OrderId) -> String {
+    format!("{tenant}/{order}")
 }
 
 #[cfg(test)]

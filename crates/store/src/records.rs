@@ -225,28 +225,7 @@ pub struct StockMovement {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MovementKind {
-    Received,
-    Removed,
-    Reserved,
-    Released,
-    Shipped,
-    Returned,
-}
-
-impl MovementKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            MovementKind::Received => "received",
-            MovementKind::Removed => "removed",
-            MovementKind::Reserved => "reserved",
-            MovementKind::Released => "released",
-            MovementKind::Shipped => "shipped",
-            MovementKind::Returned => "returned",
-        }
-    }
-}
+pub use tally_domain::inventory::MovementKind;
 
 /// A stock row locked for update, by SKU and location.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,16 +10,10 @@ use tally_domain::inventory::StockLevel;
 use crate::records::{MovementKind, StockMovement};
 use crate::{StoreError, Tx};
 
-/// How a move of `quantity` units changes a stock row's on-hand and reserved counts.
+/// How a move of `quantity` units changes a stock row's counts: the domain's rule
+/// ([`MovementKind::delta`]).
 pub fn delta(kind: MovementKind, quantity: i64) -> StockLevel {
-    let (on_hand, reserved) = match kind {
-        MovementKind::Reserved => (0, quantity),
-        MovementKind::Released => (0, -quantity),
-        MovementKind::Shipped => (-quantity, -quantity),
-        MovementKind::Returned | MovementKind::Received => (quantity, 0),
-        MovementKind::Removed => (-quantity, 0),
-    };
-    StockLevel { on_hand, reserved }
+    kind.delta(quantity)
 }
 
 /// Applies `kind` to every reservation, row by row in (SKU, location) order so that

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tally_domain::checkout::Saga;
 use tally_domain::clock::Clock;
-use tally_domain::event::{EventDraft, EventType};
+use tally_domain::event::EventDraft;
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::order::OrderStatus;
 
@@ -15,12 +15,7 @@ use crate::effect::{EffectOutcome, Once, OrderChange, PreparedEffect};
 use crate::log::{Causes, envelope};
 use crate::{MovementKind, Store, StoreError};
 
-/// What the carrier reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShipmentUpdate {
-    Shipped,
-    Delivered,
-}
+pub use tally_domain::order::ShipmentUpdate;
 
 /// What became of a webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,40 +28,6 @@ pub enum WebhookOutcome {
     /// shipment request): the carrier should deliver it again later.
     NotReady,
     UnknownOrder,
-}
-
-/// Where a status stands on the forward path of an order; `None` for a cancelled order, which
-/// leaves the path.
-const fn lifecycle_rank(status: OrderStatus) -> Option<u8> {
-    match status {
-        OrderStatus::Placed => Some(0),
-        OrderStatus::Reserved => Some(1),
-        OrderStatus::Authorized => Some(2),
-        OrderStatus::Captured => Some(3),
-        OrderStatus::FulfillmentRequested => Some(4),
-        OrderStatus::Shipped => Some(5),
-        OrderStatus::Delivered => Some(6),
-        OrderStatus::Completed => Some(7),
-        OrderStatus::Returned => Some(8),
-        OrderStatus::Refunded => Some(9),
-        OrderStatus::Cancelled => None,
-    }
-}
-
-/// Which status a webhook moves an order from and to.
-const fn transition(update: ShipmentUpdate) -> (OrderStatus, OrderStatus, EventType) {
-    match update {
-        ShipmentUpdate::Shipped => (
-            OrderStatus::FulfillmentRequested,
-            OrderStatus::Shipped,
-            EventType::OrderShipped,
-        ),
-        ShipmentUpdate::Delivered => (
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            EventType::OrderDelivered,
-        ),
-    }
 }
 
 /// The webhooks' source in the table of deliveries.
@@ -92,7 +53,7 @@ pub async fn apply_shipment_update(
         now: clock.now(),
         clock,
     };
-    let (from, ..) = transition(update);
+    let (from, ..) = update.transition();
     if let Some(record) = store.order(tenant, order).await?
         && record.status == from.as_str()
     {
@@ -143,12 +104,12 @@ impl Webhook<'_> {
         };
         let status =
             OrderStatus::parse(&state.record.status).map_err(|e| StoreError::Corrupt(e.reason))?;
-        let (from, ..) = transition(self.update);
+        let (from, ..) = self.update.transition();
         if status != from {
-            return match lifecycle_rank(status) {
+            return match status.lifecycle_rank() {
                 // Not at the step the update follows yet: refuse without recording the
                 // delivery, so the carrier's retry is applied once the saga gets there.
-                Some(rank) if Some(rank) < lifecycle_rank(from) => {
+                Some(rank) if Some(rank) < from.lifecycle_rank() => {
                     tx.rollback().await?;
                     Ok(WebhookOutcome::NotReady)
                 }
@@ -180,7 +141,7 @@ impl Webhook<'_> {
             clock,
         } = self;
         let mut saga = before.clone();
-        let (_, to, event_type) = transition(update);
+        let (_, to, event_type) = update.transition();
         // The reserved units leave the warehouse.
         let stock = if update == ShipmentUpdate::Shipped {
             crate::stock::take_hold(&mut saga).map_or_else(Vec::new, |reservations| {

@@ -317,8 +317,23 @@ async fn a_worker_dropped_mid_saga_is_replaced_without_duplicate_effects(engine:
             201
         );
     }
-    // Let the saga get going, then drop every task of the server where it stands.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the saga is under way (its first reservation is in the log), drop every task of the
+    // server where it stands.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !db
+        .store
+        .read_log(None, 0, u32::MAX)
+        .await
+        .expect("read the log")
+        .iter()
+        .any(|event| event.event_type == "tally.order.stock_reserved.v1")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga did not start"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), first.logged.notified()).await;
+    }
     drop(first);
     let second = start().await;
     client.base = format!("http://{}", second.address);

@@ -316,8 +316,16 @@ async fn run_until(app: &tally_testkit::TestApp, recorder: Arc<Recorder>, count:
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the partition loops pass their last batch, so the offsets move.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The partition loops move the group's offsets past their last batch: wait until the
+    // group has nothing left to read, then stop it.
+    let group = Handler::group(recorder.as_ref());
+    while app.store().log_backlog(group).await.expect("the backlog") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group's offsets did not reach the end of the log in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     shutdown.cancel();
     running.await.expect("dispatcher task");
 }

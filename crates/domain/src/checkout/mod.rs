@@ -11,6 +11,7 @@
 //!   partners' answers.
 
 pub mod decide;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 

@@ -23,25 +23,10 @@ pub(super) fn kinds_of(effects: &[&Effect]) -> String {
     parts.join(", ")
 }
 
-/// Whether a customer with an address hears of `event`, as `tally_checkout::notify` decides.
+/// Whether a customer with an address hears of `event`: the rule the notifications consumer
+/// applies.
 fn notifies(event: EventType) -> bool {
-    match event {
-        EventType::OrderPaymentCaptured
-        | EventType::OrderShipped
-        | EventType::OrderDelivered
-        | EventType::OrderCancelled
-        | EventType::OrderRefunded => true,
-        EventType::ProductCreated
-        | EventType::ProductUpdated
-        | EventType::InventoryAdjusted
-        | EventType::OrderPlaced
-        | EventType::OrderStockReserved
-        | EventType::OrderPaymentAuthorized
-        | EventType::OrderFulfillmentRequested
-        | EventType::OrderCompleted
-        | EventType::OrderReturned
-        | EventType::OrderCancellationRequested => false,
-    }
+    event.customer_template().is_some()
 }
 
 /// An effect the partner applied. Any other answer (a 402 decline or failed capture) was an

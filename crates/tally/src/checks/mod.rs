@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use tally_domain::checkout::{cancellable, returnable};
+use tally_domain::checkout::cancellable;
 use tally_domain::event::EventType;
 use tally_domain::ids::{OrderId, TenantId};
 use tally_domain::money::Currency;
@@ -292,11 +292,6 @@ struct Partners<'a, 'e> {
     booked: HashMap<OrderId, OrderMoney>,
 }
 
-/// What partners know an order by, as `tally_checkout::saga` sends it: tenant and order.
-fn partner_reference(tenant: TenantId, order: OrderId) -> String {
-    format!("{tenant}/{order}")
-}
-
 /// Effects by the order they name. Two effects under one idempotency key would be a partner
 /// applying a key twice: each such key is a violation.
 fn effects_by_order<'e>(
@@ -370,7 +365,7 @@ async fn tenant_orders(
             let events: Vec<&str> = timeline.iter().map(|e| e.event_type.as_str()).collect();
             let mut found = order_violations(order, &events);
             if let Some(partners) = partners.as_mut() {
-                let reference = partner_reference(tenant, order.id);
+                let reference = tally_domain::order::partner_reference(tenant, order.id);
                 let effects = partners.by_order.remove(&reference).unwrap_or_default();
                 let booked = partners.booked.get(&order.id).copied().unwrap_or_default();
                 found.extend(effect_violations(order, &events, &effects, booked));

@@ -1,6 +1,7 @@
 //! One order's stored status and saga state against its timeline.
 
 use super::*;
+use tally_domain::checkout::lifecycle::{self, may_move};
 
 /// What an order event does to its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,42 +12,12 @@ enum Move {
     NotAboutAnOrder,
 }
 
+/// The move an event makes, by the domain's order lifecycle.
 fn move_of(event: EventType) -> Move {
-    match event {
-        EventType::OrderPlaced => Move::To(OrderStatus::Placed),
-        EventType::OrderStockReserved => Move::To(OrderStatus::Reserved),
-        EventType::OrderPaymentAuthorized => Move::To(OrderStatus::Authorized),
-        EventType::OrderPaymentCaptured => Move::To(OrderStatus::Captured),
-        EventType::OrderFulfillmentRequested => Move::To(OrderStatus::FulfillmentRequested),
-        EventType::OrderShipped => Move::To(OrderStatus::Shipped),
-        EventType::OrderDelivered => Move::To(OrderStatus::Delivered),
-        EventType::OrderCompleted => Move::To(OrderStatus::Completed),
-        EventType::OrderCancelled => Move::To(OrderStatus::Cancelled),
-        EventType::OrderReturned => Move::To(OrderStatus::Returned),
-        EventType::OrderRefunded => Move::To(OrderStatus::Refunded),
-        EventType::OrderCancellationRequested => Move::CancellationRequested,
-        EventType::ProductCreated | EventType::ProductUpdated | EventType::InventoryAdjusted => {
-            Move::NotAboutAnOrder
-        }
-    }
-}
-
-/// Whether some writer moves an order from `from` to `to`: the saga's steps one after the
-/// other, the carrier's webhooks, cancellation (by the saga, from any cancellable status),
-/// and return (by the command, from any returnable status). Placement starts an order.
-fn may_move(from: OrderStatus, to: OrderStatus) -> bool {
-    match to {
-        OrderStatus::Placed => false,
-        OrderStatus::Reserved => from == OrderStatus::Placed,
-        OrderStatus::Authorized => from == OrderStatus::Reserved,
-        OrderStatus::Captured => from == OrderStatus::Authorized,
-        OrderStatus::FulfillmentRequested => from == OrderStatus::Captured,
-        OrderStatus::Shipped => from == OrderStatus::FulfillmentRequested,
-        OrderStatus::Delivered => from == OrderStatus::Shipped,
-        OrderStatus::Completed => from == OrderStatus::Delivered,
-        OrderStatus::Cancelled => cancellable(from),
-        OrderStatus::Returned => returnable(from),
-        OrderStatus::Refunded => from == OrderStatus::Returned,
+    match (event, lifecycle::status_after(event)) {
+        (_, Some(status)) => Move::To(status),
+        (EventType::OrderCancellationRequested, None) => Move::CancellationRequested,
+        (_, None) => Move::NotAboutAnOrder,
     }
 }
 
