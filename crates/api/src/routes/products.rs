@@ -58,6 +58,24 @@ pub struct VariantResponse {
     pub prices: BTreeMap<String, i64>,
 }
 
+impl VariantBody {
+    /// The variant's prices, each error recorded at its JSON Pointer under `/variants/{i}`.
+    pub(crate) fn parse_prices(&self, fields: &mut Fields, i: usize) -> BTreeMap<Currency, Money> {
+        let mut prices = BTreeMap::new();
+        for (code, amount) in &self.prices {
+            let pointer = format!("/variants/{i}/prices/{code}");
+            let currency = fields.check(pointer.clone(), Currency::parse(code));
+            let minor = fields.integer(pointer.clone(), amount, "minor units");
+            if let (Some(currency), Some(minor)) = (currency, minor)
+                && let Some(price) = fields.check(pointer, Money::parse(minor, currency))
+            {
+                prices.insert(currency, price);
+            }
+        }
+        prices
+    }
+}
+
 impl ProductBody {
     fn parse(&self) -> Result<NewProduct, ApiError> {
         let mut fields = Fields::default();
@@ -65,17 +83,7 @@ impl ProductBody {
         let mut variants = Vec::with_capacity(self.variants.len());
         for (i, variant) in self.variants.iter().enumerate() {
             let sku = fields.check(format!("/variants/{i}/sku"), Sku::parse(&variant.sku));
-            let mut prices = BTreeMap::new();
-            for (code, amount) in &variant.prices {
-                let pointer = format!("/variants/{i}/prices/{code}");
-                let currency = fields.check(pointer.clone(), Currency::parse(code));
-                let minor = fields.integer(pointer.clone(), amount, "minor units");
-                if let (Some(currency), Some(minor)) = (currency, minor)
-                    && let Some(price) = fields.check(pointer, Money::parse(minor, currency))
-                {
-                    prices.insert(currency, price);
-                }
-            }
+            let prices = variant.parse_prices(&mut fields, i);
             if let Some(sku) = sku {
                 variants.push(Variant { sku, prices });
             }

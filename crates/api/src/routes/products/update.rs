@@ -43,17 +43,7 @@ impl ProductChangeBody {
         let mut prices: BTreeMap<Sku, BTreeMap<Currency, Money>> = BTreeMap::new();
         for (i, variant) in self.variants.iter().flatten().enumerate() {
             let sku = fields.check(format!("/variants/{i}/sku"), Sku::parse(&variant.sku));
-            let mut variant_prices = BTreeMap::new();
-            for (code, amount) in &variant.prices {
-                let pointer = format!("/variants/{i}/prices/{code}");
-                let currency = fields.check(pointer.clone(), Currency::parse(code));
-                let minor = fields.integer(pointer.clone(), amount, "minor units");
-                if let (Some(currency), Some(minor)) = (currency, minor)
-                    && let Some(price) = fields.check(pointer, Money::parse(minor, currency))
-                {
-                    variant_prices.insert(currency, price);
-                }
-            }
+            let variant_prices = variant.parse_prices(&mut fields, i);
             if let Some(sku) = sku
                 && prices.insert(sku.clone(), variant_prices).is_some()
             {
