@@ -38,7 +38,7 @@ impl Decide for AdjustStock {
         };
         // The row is locked and the change was checked against it: the store's own guard can
         // only agree.
-        let change = tally_store::stock::delta(movement.kind, movement.quantity);
+        let change = movement.kind.delta(movement.quantity);
         if !tx.shift_stock(tenant, change, &movement).await? {
             return Err(CommandError::corrupt(format!(
                 "stock row {}@{} refused a checked adjustment",

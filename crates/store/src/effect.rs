@@ -69,7 +69,7 @@ pub(crate) async fn write_change<X: Exec>(
     write::insert_audit(x, &change.audit).await?;
     write::append_events(x, &change.events).await?;
     for movement in &change.stock {
-        let delta = crate::stock::delta(movement.kind, movement.quantity);
+        let delta = movement.kind.delta(movement.quantity);
         if !write::shift_stock(x, change.tenant, delta, movement).await? {
             return Ok(Some(movement.clone()));
         }

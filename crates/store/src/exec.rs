@@ -35,7 +35,6 @@ pub(crate) enum Arg<'a> {
     Int4(Option<i32>),
     /// A two-byte integer column (a status code).
     Int2(Option<i16>),
-    Bool(bool),
     Time(Option<DateTime<Utc>>),
     Bytes(Option<Cow<'a, [u8]>>),
     /// JSON text, checked to be JSON: `jsonb` on PostgreSQL, text on SQLite.
@@ -110,11 +109,6 @@ impl From<i64> for Arg<'_> {
 impl From<u32> for Arg<'_> {
     fn from(value: u32) -> Self {
         Arg::Int(Some(i64::from(value)))
-    }
-}
-impl From<bool> for Arg<'_> {
-    fn from(value: bool) -> Self {
-        Arg::Bool(value)
     }
 }
 impl From<DateTime<Utc>> for Arg<'_> {

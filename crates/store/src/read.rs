@@ -431,13 +431,39 @@ pub(crate) async fn audit_drafts<X: Exec>(
         .map(rows::draft_row)
         .collect::<Result<Vec<_>, StoreError>>()?;
     let kept = crate::audit::kept_bytes(&rows);
+    // Drafts whose bytes this process did not keep (made elsewhere, or before a restart):
+    // one statement for all of them on PostgreSQL, one look-up each on SQLite.
+    let missing = crate::audit::unkept(&rows, &kept);
     let mut read = HashMap::new();
-    for seq in crate::audit::unkept(&rows, &kept) {
-        let row = x
-            .fetch_optional("SELECT body FROM audit_records WHERE seq = $1", &args![seq])
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("audit draft {seq} vanished")))?;
-        read.insert(seq, row.json("body")?);
+    if !missing.is_empty() {
+        let bodies = match X::ENGINE {
+            Engine::Postgres => {
+                x.fetch_all(
+                    "SELECT seq, body FROM audit_records WHERE seq = ANY($1)",
+                    &[Arg::Ints(missing.clone())],
+                )
+                .await?
+            }
+            Engine::Sqlite => {
+                let mut bodies = Vec::with_capacity(missing.len());
+                for seq in &missing {
+                    bodies.extend(
+                        x.fetch_optional(
+                            "SELECT seq, body FROM audit_records WHERE seq = $1",
+                            &args![*seq],
+                        )
+                        .await?,
+                    );
+                }
+                bodies
+            }
+        };
+        for row in &bodies {
+            read.insert(row.int("seq")?, row.json("body")?);
+        }
+        if let Some(seq) = missing.iter().find(|seq| !read.contains_key(seq)) {
+            return Err(StoreError::Corrupt(format!("audit draft {seq} vanished")));
+        }
     }
     let unsealed = crate::audit::unsealed(rows, kept, read)?;
     let mut heads = HashMap::new();

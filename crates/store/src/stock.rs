@@ -5,16 +5,9 @@
 use chrono::{DateTime, Utc};
 use tally_domain::checkout::{Reservation, Saga};
 use tally_domain::ids::{OrderId, TenantId};
-use tally_domain::inventory::StockLevel;
 
 use crate::records::{MovementKind, StockMovement};
 use crate::{StoreError, Tx};
-
-/// How a move of `quantity` units changes a stock row's counts: the domain's rule
-/// ([`MovementKind::delta`]).
-pub fn delta(kind: MovementKind, quantity: i64) -> StockLevel {
-    kind.delta(quantity)
-}
 
 /// Applies `kind` to every reservation, row by row in (SKU, location) order so that
 /// concurrent moves cannot deadlock, each in one statement.
@@ -83,7 +76,7 @@ pub(crate) async fn shift<'a>(
 ) -> Result<Option<&'a StockMovement>, StoreError> {
     for movement in movements {
         if !tx
-            .shift_stock(tenant, delta(movement.kind, movement.quantity), movement)
+            .shift_stock(tenant, movement.kind.delta(movement.quantity), movement)
             .await?
         {
             return Ok(Some(movement));

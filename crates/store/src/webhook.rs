@@ -76,7 +76,7 @@ pub async fn apply_shipment_update(
 }
 
 /// One delivery of a carrier webhook about one order.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Webhook<'a> {
     tenant: TenantId,
     order: OrderId,

@@ -1105,6 +1105,21 @@ async fn dead_letters_are_discarded_once(engine: Engine) {
     }
     problem(bare_post(&app, &key, &retry), 409, "dead-letter-state").await;
     assert_eq!(stored_status(&app, id).await, "discarded");
+    // The group is done with the discarded event: its inbox holds it, so reading the log again
+    // (after a crash) skips it instead of applying it after all.
+    let letter = app
+        .store()
+        .dead_letter(app.tenant, id)
+        .await
+        .expect("read the letter")
+        .expect("the letter");
+    assert!(
+        app.store()
+            .inbox_contains(&letter.group, letter.event_id)
+            .await
+            .expect("read the inbox"),
+        "a discarded event is settled in its group's inbox"
+    );
     for unknown in [Uuid::now_v7().to_string(), "not-a-letter".to_owned()] {
         for verb in ["discard", "retry"] {
             let path = format!("/v1/dead-letters/{unknown}/{verb}");

@@ -11,8 +11,9 @@ use tally_domain::ids::{EventId, OrderId, TenantId};
 use super::PgStore;
 use crate::backend::Backend;
 use crate::effect::{EffectOutcome, PreparedEffect};
-use crate::exec::{Arg, Exec, args, int_or_zero};
+use crate::exec::{Arg, Exec, args};
 use crate::records::{OrderRecord, TimelineEntry};
+use crate::rows::Fields;
 use crate::{Engine, Lease, StoreError, read, write};
 
 impl Backend for PgStore {
@@ -105,13 +106,11 @@ impl Backend for PgStore {
         // The head row serializes relays: positions are handed out by one transaction at a
         // time, and each sees every row committed before it took the lock (READ COMMITTED
         // takes a fresh snapshot per statement).
-        let head = int_or_zero(
-            &mut tx,
-            "SELECT position FROM log_head WHERE id = 1 FOR UPDATE",
-            &[],
-            "position",
-        )
-        .await?;
+        let head = tx
+            .fetch_optional("SELECT position FROM log_head WHERE id = 1 FOR UPDATE", &[])
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the log head row is missing".into()))?
+            .int("position")?;
         let positioned = tx
             .execute(
                 "WITH pending AS ( \

@@ -393,7 +393,7 @@ impl Columns {
         self.move_count
             .push(i32::try_from(change.stock.len()).map_err(|e| corrupt("move count", e))?);
         for movement in &change.stock {
-            let delta = crate::stock::delta(movement.kind, movement.quantity);
+            let delta = movement.kind.delta(movement.quantity);
             self.move_effects.push(effect);
             self.move_skus.push(movement.sku.clone());
             self.move_locations.push(movement.location.clone());

@@ -42,10 +42,7 @@ pub(super) async fn write(
     };
     let events = &change.events;
     let stock = &change.stock;
-    let deltas: Vec<_> = stock
-        .iter()
-        .map(|m| crate::stock::delta(m.kind, m.quantity))
-        .collect();
+    let deltas: Vec<_> = stock.iter().map(|m| m.kind.delta(m.quantity)).collect();
     let call = sqlx::query(CALL)
         .bind(group)
         .bind(event)

@@ -21,7 +21,6 @@ pub(super) fn bind<'q>(
             Arg::Int(v) => query.bind(*v),
             Arg::Int4(v) => query.bind(*v),
             Arg::Int2(v) => query.bind(*v),
-            Arg::Bool(v) => query.bind(*v),
             Arg::Time(v) => query.bind(*v),
             Arg::Bytes(v) => query.bind(v.as_deref()),
             Arg::Json(v) => query.bind(v.as_deref().map(Json)),

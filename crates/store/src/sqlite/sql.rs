@@ -170,7 +170,7 @@ pub(super) fn placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
 
 /// An argument as SQLite holds it: times as microseconds, UUIDs as 16-byte blobs, JSON as
 /// text, a list of text as one JSON array.
-fn value(arg: &Arg<'_>) -> Result<Value, StoreError> {
+fn value(arg: &Arg<'_>) -> Result<Value, &'static str> {
     fn or_null<T>(value: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
         value.map_or(Value::Null, f)
     }
@@ -180,7 +180,6 @@ fn value(arg: &Arg<'_>) -> Result<Value, StoreError> {
         Arg::Int(v) => or_null(*v, Value::Integer),
         Arg::Int4(v) => or_null(*v, |v| Value::Integer(i64::from(v))),
         Arg::Int2(v) => or_null(*v, |v| Value::Integer(i64::from(v))),
-        Arg::Bool(v) => Value::Integer(i64::from(*v)),
         Arg::Time(v) => or_null(*v, |v| Value::Integer(crate::to_micros(v))),
         Arg::Bytes(v) => or_null(v.as_ref(), |v| Value::Blob(v.to_vec())),
         Arg::Json(v) => or_null(v.as_ref(), |v| Value::Text(v.get().to_owned())),
@@ -194,9 +193,7 @@ fn value(arg: &Arg<'_>) -> Result<Value, StoreError> {
         | Arg::Int4s(_)
         | Arg::Times(_)
         | Arg::ByteLists(_) => {
-            return Err(StoreError::Corrupt(
-                "a list argument of a kind SQLite statements do not take".into(),
-            ));
+            return Err("a list argument of a kind SQLite statements do not take");
         }
     })
 }
@@ -211,12 +208,11 @@ fn statement<'q>(sql: &'q str, args: &[Arg<'_>]) -> Query<'q> {
     for arg in args {
         match value(arg) {
             Ok(value) => query.arguments.push(value),
-            Err(StoreError::Corrupt(message)) => {
+            Err(message) => {
                 query
                     .unbound
                     .get_or_insert(rusqlite::Error::ToSqlConversionFailure(message.into()));
             }
-            Err(_) => {}
         }
     }
     query
@@ -469,5 +465,33 @@ mod tests {
             .expect("insert");
         let bad = query("SELECT name FROM item WHERE id = 2").fetch_all(&connection);
         assert!(matches!(bad, Err(StoreError::Corrupt(_))), "{bad:?}");
+    }
+
+    /// A statement written for both engines runs with `$n` read as `?n`, and an argument SQLite
+    /// cannot bind fails the statement instead of shifting the arguments after it.
+    #[test]
+    fn shared_statements_bind_typed_arguments_or_fail_whole() {
+        let connection = connection();
+        let insert = "INSERT INTO item (id, name, data) VALUES ($1, $2, $3)";
+        let args = [Arg::Int(Some(1)), Arg::from("one"), Arg::Bytes(None)];
+        assert_eq!(
+            statement(insert, &args)
+                .execute(&connection)
+                .expect("insert"),
+            1
+        );
+        let listed = [
+            Arg::Int(Some(2)),
+            Arg::Uuids(vec![uuid::Uuid::nil()]),
+            Arg::from("x"),
+        ];
+        let refused = statement(insert, &listed).execute(&connection);
+        assert!(matches!(refused, Err(StoreError::Sqlite(_))), "{refused:?}");
+        let rows = statement("SELECT name FROM item WHERE id >= $1", &[Arg::Int(Some(1))])
+            .fetch_all(&connection)
+            .expect("select");
+        assert_eq!(rows.len(), 1, "the refused insert wrote nothing");
+        assert_eq!(rows[0].try_get::<String>("name").expect("name"), "one");
+        assert_eq!(placeholders("SELECT '$.a', $12"), "SELECT '$.a', ?12");
     }
 }
